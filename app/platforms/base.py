@@ -1,0 +1,153 @@
+"""The contract every chat platform adapter implements.
+
+An adapter turns the platform's webhooks into link events and posts (and redacts) notes.
+It receives its ``httpx.AsyncClient`` and never imports FastAPI; its failures are typed so the
+delivery engine can tell a retry from a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+import httpx
+
+from app.clock import Clock
+from app.products import ProductConfig
+
+# Total time allowed for one outbound call (httpx's own timeouts are per operation).
+CALL_TIMEOUT_S = 15.0
+CONNECT_TIMEOUT_S = 5.0
+
+NoteKind = Literal["prelink", "postlink", "summary"]
+
+
+class LinkEvent(StrEnum):
+    NEW = "new"
+    REPLY_EXISTING = "reply_existing"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """What a verified webhook means for linking. ``event is None`` means ignore it."""
+
+    delivery_id: str | None
+    event: LinkEvent | None
+    conversation_id: str | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+    email: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One internal note to post. ``body`` is plain text in the format of SPEC §7."""
+
+    product_id: str
+    session_id: str
+    conversation_id: str
+    kind: NoteKind
+    body: str
+    # Stays the same across retries of this note (an idempotency key for the platform).
+    delivery_id: str
+    actions: tuple[Mapping[str, Any], ...] = field(default=())
+
+
+class WebhookRejected(Exception):
+    """The webhook's signature is missing or wrong (an HTTP 401)."""
+
+
+class InvalidWebhook(Exception):
+    """The webhook is authentic but its body cannot be understood (an HTTP 400)."""
+
+
+class DeliveryError(Exception):
+    """Posting or redacting a note failed."""
+
+
+class RetryableDeliveryError(DeliveryError):
+    """Network error, timeout, 429 or 5xx: try again, not before ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The platform refused the note for good (a 4xx other than 404/408/409/429)."""
+
+
+class ConversationNotFound(PermanentDeliveryError):
+    """The conversation no longer exists (404): the session must be unlinked."""
+
+
+class Platform(ABC):
+    """One product's adapter for its chat platform."""
+
+    name: ClassVar[str]
+
+    def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
+        self.product = product
+        self.client = client
+        self.clock = clock
+
+    @abstractmethod
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Check the webhook's signature on the raw body; raise WebhookRejected."""
+
+    @abstractmethod
+    async def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        """Turn a verified webhook into a WebhookEvent; raise InvalidWebhook."""
+
+    @abstractmethod
+    async def post_note(self, note: Note) -> str | None:
+        """Post the note; return its platform id, or None when the platform has none."""
+
+    async def redact_note(self, conversation_id: str, note_id: str) -> None:  # noqa: B027
+        """Remove a posted note. A documented no-op unless the platform overrides it."""
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """Send one outbound request, translating every failure into a DeliveryError."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                response = await self.client.send(request)
+        except (httpx.TransportError, TimeoutError) as exc:
+            raise RetryableDeliveryError(f"{type(exc).__name__} calling {self.name}") from exc
+        raise_for_delivery(response, now=self.clock.now())
+        return response
+
+
+def retry_after_seconds(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def raise_for_delivery(response: httpx.Response, *, now: float) -> None:
+    """Map an HTTP status to the delivery error classes; 2xx passes."""
+    status = response.status_code
+    if status < 300:
+        return
+    detail = f"{response.request.method} {response.request.url.path} answered {status}"
+    if status == 404:
+        raise ConversationNotFound(detail)
+    if status in (408, 409, 425, 429) or status >= 500:
+        hint = retry_after_seconds(response.headers.get("retry-after"), now=now)
+        raise RetryableDeliveryError(detail, retry_after_s=hint)
+    raise PermanentDeliveryError(detail)

@@ -1,0 +1,240 @@
+"""The products file: one TOML table per product (tenant), validated strictly."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.security import decode_whsec
+
+# \Z, not $: "$" would also accept a trailing newline.
+PRODUCT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+PlatformName = Literal["intercom", "zendesk", "http", "console"]
+
+# Keys whose values are masked wherever a product is shown.
+SECRET_KEYS = frozenset(
+    {
+        "ingest_token",
+        "ingest_secret",
+        "access_token",
+        "client_secret",
+        "api_token",
+        "oauth_token",
+        "webhook_secret",
+        "signing_secret",
+    }
+)
+
+
+class ProductsFileError(Exception):
+    """The products file cannot be used; the message names the product and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must not be empty (an empty secret never means 'accept all')")
+    return value
+
+
+def _whsec(value: str) -> str:
+    decode_whsec(value)
+    return value
+
+
+class IntercomConfig(_Strict):
+    access_token: str
+    admin_id: str
+    client_secret: str
+    api_base: str = "https://api.intercom.io"
+    api_version: str = "2.14"
+    body_format: Literal["html", "text"] = "html"
+
+    _non_empty = field_validator("access_token", "admin_id", "client_secret")(_not_blank)
+
+
+class ZendeskConfig(_Strict):
+    subdomain: str | None = None
+    email: str | None = None
+    api_token: str | None = None
+    oauth_token: str | None = None
+    webhook_secret: str
+    api_base: str | None = None
+
+    _non_empty = field_validator("email", "api_token", "oauth_token", "webhook_secret")(_not_blank)
+
+    @model_validator(mode="after")
+    def _check_auth_and_base(self) -> Self:
+        if self.api_base is None and not self.subdomain:
+            raise ValueError("set subdomain or api_base")
+        if self.oauth_token is None and not (self.email and self.api_token):
+            raise ValueError("set email and api_token, or oauth_token")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self.api_base or f"https://{self.subdomain}.zendesk.com"
+
+
+class HttpConfig(_Strict):
+    url: str
+    redact_url: str | None = None
+    signing_secret: str
+    webhook_secret: str
+
+    _secrets = field_validator("signing_secret", "webhook_secret")(_whsec)
+
+
+class ConsoleConfig(_Strict):
+    webhook_secret: str | None = None
+
+    _secrets = field_validator("webhook_secret")(lambda v: v if v is None else _whsec(v))
+
+
+class ProductConfig(_Strict):
+    """One tenant: its credentials, delivery timings and platform."""
+
+    id: str
+    platform: PlatformName
+    ingest_token: str | None = None
+    ingest_secret: str | None = None
+    allow_unauthenticated: bool = False
+    # TOML has inf and nan literals; an infinite timer would overflow due-time arithmetic.
+    pre_link_window_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    post_link_debounce_s: float = Field(default=0.15, ge=0, allow_inf_nan=False)
+    post_link_max_wait_s: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    bin_seconds: float = Field(default=3, ge=0, allow_inf_nan=False)
+    max_pending_actions: int = Field(default=1000, ge=1)
+    session_attribute: str = "posthog_session_id"
+    interaction_timeout_s: float = Field(default=20.0, ge=0, allow_inf_nan=False)
+    cooldown_period_s: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+    intercom: IntercomConfig | None = None
+    zendesk: ZendeskConfig | None = None
+    http: HttpConfig | None = None
+    console: ConsoleConfig | None = None
+
+    _non_empty = field_validator("ingest_token", "ingest_secret")(_not_blank)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if self.post_link_max_wait_s < self.post_link_debounce_s:
+            raise ValueError("post_link_max_wait_s must be >= post_link_debounce_s")
+        for name in ("intercom", "zendesk", "http", "console"):
+            if name != self.platform and getattr(self, name) is not None:
+                raise ValueError(f"has a [{name}] section but platform is {self.platform!r}")
+        if self.allow_unauthenticated:
+            if self.platform != "console":
+                raise ValueError("allow_unauthenticated is only allowed with platform = 'console'")
+            return self
+        if self.ingest_token is None and self.ingest_secret is None:
+            raise ValueError("needs ingest_token or ingest_secret")
+        if self.webhook_secret is None:
+            raise ValueError(f"needs its platform's webhook secret ([{self.platform}] section)")
+        return self
+
+    @property
+    def webhook_secret(self) -> str | None:
+        """The secret that verifies this product's inbound platform webhooks."""
+        if self.intercom is not None:
+            return self.intercom.client_secret
+        section = self.zendesk or self.http or self.console
+        return section.webhook_secret if section is not None else None
+
+
+Products = Mapping[str, ProductConfig]
+
+
+def _interpolate(value: Any, env: Mapping[str, str], product_id: str, path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, product_id, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, product_id, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str) and (match := _ENV_REFERENCE.match(value)):
+        name = match.group(1)
+        if name not in env:
+            raise ProductsFileError(
+                f"product {product_id!r}: {path} refers to environment variable {name}, "
+                "which is not set"
+            )
+        return env[name]
+    return value
+
+
+def _describe(product_id: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        key = f"products.{product_id}.{where}" if where else f"products.{product_id}"
+        lines.append(f"{key}: {error['msg']}")
+    return f"product {product_id!r} is invalid:\n  " + "\n  ".join(lines)
+
+
+def parse_products(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, ProductConfig]:
+    """Validate a parsed products document; raises ProductsFileError naming product and key."""
+    unknown = set(raw) - {"products"}
+    if unknown:
+        raise ProductsFileError(f"unknown top-level keys: {', '.join(sorted(unknown))}")
+    tables = raw.get("products")
+    if not isinstance(tables, dict) or not tables:
+        raise ProductsFileError("the file defines no [products.<id>] tables")
+    products: dict[str, ProductConfig] = {}
+    for product_id, table in tables.items():
+        if not PRODUCT_ID_PATTERN.match(product_id):
+            raise ProductsFileError(
+                f"product id {product_id!r} must be 1-64 chars of [A-Za-z0-9_-]"
+            )
+        if not isinstance(table, dict):
+            raise ProductsFileError(f"products.{product_id} must be a table")
+        if "id" in table:
+            # The id comes from the table name; a key would be silently overwritten.
+            raise ProductsFileError(
+                f"product {product_id!r} is invalid:\n  products.{product_id}.id: unknown key "
+                "(the id is the table name)"
+            )
+        values = _interpolate(table, env, product_id, f"products.{product_id}")
+        try:
+            products[product_id] = ProductConfig.model_validate({**values, "id": product_id})
+        except ValidationError as exc:
+            raise ProductsFileError(_describe(product_id, exc)) from exc
+    return products
+
+
+def load_products(path: Path, env: Mapping[str, str] | None = None) -> dict[str, ProductConfig]:
+    """Read, interpolate and validate the products file at ``path``."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ProductsFileError(f"products file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProductsFileError(f"products file {path} cannot be read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProductsFileError(f"products file {path} is not valid TOML: {exc}") from exc
+    return parse_products(raw, os.environ if env is None else env)
+
+
+def mask(value: str) -> str:
+    """Show just enough of a secret to recognise it."""
+    return "****" if len(value) < 16 else f"****{value[-4:]}"
+
+
+def masked_view(product: ProductConfig) -> dict[str, Any]:
+    """The product as a plain dict with every secret masked."""
+
+    def walk(node: Any, key: str = "") -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, k) for k, v in node.items()}
+        if key in SECRET_KEYS and isinstance(node, str):
+            return mask(node)
+        return node
+
+    return dict(walk(product.model_dump(exclude_none=True)))

@@ -1,0 +1,63 @@
+"""How actions are stored: a dedupe digest, a score and a compact JSON payload."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from app.models import SlimAction
+from app.notes import NoteLine
+
+# The fields of an action a note or the http platform's ``actions`` list can use.
+_STORED_FIELDS = (
+    "description",
+    "timestamp_start",
+    "timestamp_end",
+    "type",
+    "title",
+    "canonical_url",
+    "raw_url",
+)
+
+
+def action_digest(action: SlimAction) -> bytes:
+    """The identity of SPEC §4.1 (the session is implied by the key): redeliveries collide."""
+    identity = json.dumps(
+        [action.timestamp_start, action.type, action.description, action.canonical_url],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.blake2b(identity.encode(), digest_size=12).digest()
+
+
+def encode_action(action: SlimAction) -> str:
+    data = {}
+    for name in _STORED_FIELDS:
+        value = getattr(action, name)
+        if value is not None:
+            data[name] = value
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAction:
+    """An action read back from the store; ``seq`` is its arrival order in the session."""
+
+    seq: int
+    data: dict[str, Any]
+
+    @property
+    def line(self) -> NoteLine:
+        return NoteLine(float(self.data["timestamp_start"]), str(self.data["description"]))
+
+
+def decode_member(member: bytes | str) -> StoredAction:
+    text = member.decode() if isinstance(member, bytes) else member
+    seq, _, payload = text.partition("|")
+    return StoredAction(int(seq), json.loads(payload))
+
+
+def in_arrival_order(members: list[bytes]) -> list[StoredAction]:
+    return sorted((decode_member(m) for m in members), key=lambda a: a.seq)

@@ -1,0 +1,20 @@
+-- Link a session to a conversation (SPEC §5.4).
+-- KEYS: state pre out due    ARGV: now_ms member conversation_id event debounce_ms max_wait_ms
+--                                  session_ttl_s
+local st, pre, out, due_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, member, conv, event = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local debounce, max_wait, session_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+
+local current = redis.call('HGET', st, 'conv')
+-- Repeating a link in place is a no-op, and a reply never moves a linked session.
+if current == conv or (current and event == 'reply_existing') then
+  return {'already_linked', current, -1}
+end
+redis.call('HSET', st, 'conv', conv)
+if redis.call('ZCARD', pre) > 0 then
+  redis.call('HSET', st, 'flush', '1')
+  redis.call('EXPIRE', pre, session_ttl)
+end
+touch(st, now, session_ttl)
+local due = schedule(st, pre, out, due_key, member, now, debounce, max_wait)
+return {'linked', current or '', due or -1}

@@ -1,0 +1,378 @@
+"""All Redis access: every multi-key change is one Lua script, so it is atomic across replicas."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as redis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from app.models import ActionsPayload, SummaryPayload
+from app.platforms.base import LinkEvent
+from app.products import ProductConfig
+from app.store import keys
+from app.store.codec import StoredAction, action_digest, encode_action, in_arrival_order
+from app.store.scripts import ScriptName, load_scripts
+
+NoteSource = Literal["pre", "out", "summary"]
+FailMode = Literal["retry", "dead", "gone"]
+
+
+class StoreUnavailable(Exception):
+    """Redis cannot be reached or is not answering: callers should try again later."""
+
+
+class StoreError(Exception):
+    """Redis answered with an error that retrying will not fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    session_id: str
+    accepted: int
+    duplicates: int
+    conversation_id: str | None
+    linked_now: bool
+    dropped_window: int
+    dropped_cap: int
+    due_at: float | None
+
+    @property
+    def linked(self) -> bool:
+        return self.conversation_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOutcome:
+    linked: bool  # False: the link was already in place (or a reply kept the old one)
+    conversation_id: str
+    previous_conversation_id: str | None
+    due_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One session's next note, leased to this process."""
+
+    product_id: str
+    session_id: str
+    source: NoteSource
+    conversation_id: str
+    token: str
+    delivery_id: str
+    attempts: int
+    first_failure_at: float | None
+    summary: str
+    members: list[bytes]
+
+    @property
+    def member(self) -> str:
+        return keys.due_member(self.product_id, self.session_id)
+
+    def actions(self) -> list[StoredAction]:
+        return in_arrival_order(self.members)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _due(value: int) -> float | None:
+    return None if value < 0 else value / 1000
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None or value in (b"", ""):
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    """The session store. Methods take ``now`` (epoch seconds) so callers own the clock."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._scripts = load_scripts()
+
+    async def _evalsha_all(self, calls: Sequence[tuple[ScriptName, list[str], list[Any]]]) -> Any:
+        pipe = self._redis.pipeline(transaction=False)
+        for name, script_keys, args in calls:
+            pipe.evalsha(self._scripts[name].sha, len(script_keys), *script_keys, *args)
+        return await pipe.execute()
+
+    async def run_many(self, calls: Sequence[tuple[ScriptName, list[str], list[Any]]]) -> list[Any]:
+        """Run scripts in one round trip (each one atomic); loads them after a Redis restart."""
+        try:
+            try:
+                return list(await self._evalsha_all(calls))
+            except NoScriptError:
+                await self.load_scripts()
+                return list(await self._evalsha_all(calls))
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        except ResponseError as exc:
+            if str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN")):
+                raise StoreUnavailable(str(exc)) from exc
+            raise StoreError(str(exc)) from exc
+        except RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def run(self, name: ScriptName, script_keys: list[str], args: list[Any]) -> Any:
+        return (await self.run_many([(name, script_keys, args)]))[0]
+
+    async def load_scripts(self) -> None:
+        try:
+            for script in self._scripts.values():
+                await self._redis.script_load(script.source)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    # -- intake -----------------------------------------------------------------------------
+
+    async def ingest(
+        self, product: ProductConfig, batches: Sequence[ActionsPayload], *, now: float
+    ) -> list[IngestOutcome]:
+        """Store batches (one script per batch, one round trip for all)."""
+        calls = [self._ingest_call(product, batch, now) for batch in batches]
+        results = await self.run_many(calls)
+        return [
+            IngestOutcome(
+                session_id=batch.sid,
+                accepted=int(r[0]),
+                duplicates=int(r[1]),
+                conversation_id=_text(r[2]),
+                linked_now=r[3] == b"new",
+                dropped_window=int(r[4]),
+                dropped_cap=int(r[5]),
+                due_at=_due(int(r[6])),
+            )
+            for batch, r in zip(batches, results, strict=True)
+        ]
+
+    def _ingest_call(
+        self, product: ProductConfig, batch: ActionsPayload, now: float
+    ) -> tuple[ScriptName, list[str], list[Any]]:
+        pid, sid = product.id, batch.sid
+        user_id = batch.user_id or next((a.user_id for a in batch.actions if a.user_id), None)
+        email = batch.email or next((a.email for a in batch.actions if a.email), None)
+        conversation = batch.conversation_id or next(
+            (a.conversation_id for a in batch.actions if a.conversation_id), None
+        )
+        script_keys = [
+            *keys.session_keys(pid, sid)[:4],
+            keys.DUE,
+            keys.identity_key(pid, user_id=user_id) if user_id else "",
+            keys.identity_key(pid, email=email) if email else "",
+            keys.pending_key(pid, user_id=user_id) if user_id else "",
+            keys.pending_key(pid, email=email) if email else "",
+        ]
+        args: list[Any] = [
+            _ms(now),
+            keys.due_member(pid, sid),
+            sid,
+            user_id or "",
+            (email or "").lower(),
+            conversation or "",
+            repr(product.pre_link_window_s),
+            product.max_pending_actions,
+            _ms(product.post_link_debounce_s),
+            _ms(product.post_link_max_wait_s),
+            keys.SESSION_TTL_S,
+            keys.UNLINKED_BUFFER_TTL_S,
+            keys.IDENTITY_TTL_S,
+        ]
+        for action in batch.actions:
+            args += [action_digest(action), repr(action.timestamp_start), encode_action(action)]
+        return "ingest", script_keys, args
+
+    async def put_summary(
+        self, product: ProductConfig, payload: SummaryPayload, *, now: float
+    ) -> IngestOutcome:
+        pid, sid = product.id, payload.sid
+        state, pre, out = keys.session_keys(pid, sid)[:3]
+        conv, due = await self.run(
+            "summary",
+            [state, pre, out, keys.DUE],
+            [_ms(now), keys.due_member(pid, sid), payload.summary, *self._timings(product)],
+        )
+        return IngestOutcome(sid, 1, 0, _text(conv), False, 0, 0, _due(int(due)))
+
+    @staticmethod
+    def _timings(product: ProductConfig) -> list[Any]:
+        return [
+            _ms(product.post_link_debounce_s),
+            _ms(product.post_link_max_wait_s),
+            keys.SESSION_TTL_S,
+        ]
+
+    # -- linking ----------------------------------------------------------------------------
+
+    async def link(
+        self,
+        product: ProductConfig,
+        *,
+        session_id: str,
+        conversation_id: str,
+        event: LinkEvent | None,
+        now: float,
+    ) -> LinkOutcome:
+        state, pre, out = keys.session_keys(product.id, session_id)[:3]
+        status, previous, due = await self.run(
+            "link",
+            [state, pre, out, keys.DUE],
+            [
+                _ms(now),
+                keys.due_member(product.id, session_id),
+                conversation_id,
+                event.value if event else "",
+                *self._timings(product),
+            ],
+        )
+        linked = status == b"linked"
+        return LinkOutcome(
+            linked=linked,
+            conversation_id=conversation_id if linked else (_text(previous) or conversation_id),
+            previous_conversation_id=_text(previous) if linked else None,
+            due_at=_due(int(due)),
+        )
+
+    async def resolve_session(
+        self,
+        product_id: str,
+        *,
+        user_id: str | None,
+        email: str | None,
+        conversation_id: str,
+    ) -> str | None:
+        """The contact's latest session; when none is known, remember the conversation."""
+        script_keys = [
+            keys.identity_key(product_id, user_id=user_id) if user_id else "",
+            keys.identity_key(product_id, email=email) if email else "",
+            keys.pending_key(product_id, user_id=user_id) if user_id else "",
+            keys.pending_key(product_id, email=email) if email else "",
+        ]
+        args = [conversation_id, keys.PENDING_IDENTITY_TTL_S, int(bool(user_id)), int(bool(email))]
+        return _text(await self.run("resolve", script_keys, args))
+
+    async def first_delivery(self, product_id: str, delivery_id: str) -> bool:
+        """Record a webhook delivery id; False when it was seen in the last 24 h."""
+        key = keys.webhook_dedupe_key(product_id, delivery_id)
+        try:
+            return bool(await self._redis.set(key, 1, nx=True, ex=keys.WEBHOOK_DEDUPE_TTL_S))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def forget_delivery(self, product_id: str, delivery_id: str) -> None:
+        """Undo first_delivery when the webhook could not be processed (so a retry is not a dup)."""
+        try:
+            await self._redis.delete(keys.webhook_dedupe_key(product_id, delivery_id))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    async def claim_due(
+        self, *, now: float, limit: int, lease_s: float, max_note_actions: int
+    ) -> list[Claim]:
+        rows = await self.run(
+            "claim",
+            [keys.DUE],
+            [_ms(now), limit, _ms(lease_s), uuid.uuid4().hex + ":", max_note_actions],
+        )
+        return [self._claim(row) for row in rows]
+
+    @staticmethod
+    def _claim(row: list[Any]) -> Claim:
+        member, source, conv, token, did, attempts, fail0, summary, members = row
+        product_id, session_id = keys.split_due_member(member.decode())
+        return Claim(
+            product_id=product_id,
+            session_id=session_id,
+            source=source.decode(),
+            conversation_id=conv.decode(),
+            token=token.decode(),
+            delivery_id=did.decode(),
+            attempts=int(attempts),
+            first_failure_at=int(fail0) / 1000 if fail0 else None,
+            summary=summary.decode(),
+            members=list(members),
+        )
+
+    async def ack(
+        self, claim: Claim, product: ProductConfig, *, note_id: str | None, now: float
+    ) -> bool:
+        """Record a confirmed note; False when the lease was lost to another process."""
+        args: list[Any] = [
+            _ms(now),
+            claim.member,
+            claim.token,
+            claim.source,
+            note_id or "",
+            _ms(product.post_link_debounce_s),
+            _ms(product.post_link_max_wait_s),
+            keys.SESSION_TTL_S,
+            keys.POSTED_NOTE_IDS_KEPT,
+            claim.summary,
+            *claim.members,
+        ]
+        return bool(await self.run("ack", [keys.DUE], args))
+
+    async def fail(
+        self,
+        claim: Claim,
+        product: ProductConfig,
+        *,
+        mode: FailMode,
+        error: str,
+        retry_at: float,
+        now: float,
+    ) -> bool:
+        """Record a failed note: back off, dead-letter it, or unlink a vanished conversation."""
+        entry = json.dumps(
+            {
+                "session_id": claim.session_id,
+                "conversation_id": claim.conversation_id,
+                "kind": claim.source,
+                "error": error,
+                "attempts": claim.attempts + 1,
+                "first_failure_at": claim.first_failure_at or now,
+                "failed_at": now,
+                "actions": [a.data for a in claim.actions()],
+                "summary": claim.summary or None,
+            },
+            ensure_ascii=False,
+        )
+        args: list[Any] = [
+            _ms(now),
+            claim.member,
+            claim.token,
+            claim.source,
+            mode,
+            _ms(retry_at),
+            error,
+            _ms(product.post_link_debounce_s),
+            _ms(product.post_link_max_wait_s),
+            keys.SESSION_TTL_S,
+            keys.UNLINKED_BUFFER_TTL_S,
+            entry,
+            keys.DEAD_LETTER_TTL_S,
+            *claim.members,
+        ]
+        return bool(await self.run("fail", [keys.DUE, keys.dead_letter_key(product.id)], args))
+
+    async def next_due_at(self) -> float | None:
+        try:
+            head = await self._redis.zrange(keys.DUE, 0, 0, withscores=True)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return float(head[0][1]) / 1000 if head else None
