@@ -47,6 +47,12 @@ def _not_blank(value: str | None) -> str | None:
     return value
 
 
+def _http_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("https://", "http://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
 def _whsec(value: str) -> str:
     decode_whsec(value)
     return value
@@ -61,6 +67,7 @@ class IntercomConfig(_Strict):
     body_format: Literal["html", "text"] = "html"
 
     _non_empty = field_validator("access_token", "admin_id", "client_secret")(_not_blank)
+    _urls = field_validator("api_base")(_http_url)
 
 
 class ZendeskConfig(_Strict):
@@ -72,6 +79,7 @@ class ZendeskConfig(_Strict):
     api_base: str | None = None
 
     _non_empty = field_validator("email", "api_token", "oauth_token", "webhook_secret")(_not_blank)
+    _urls = field_validator("api_base")(_http_url)
 
     @model_validator(mode="after")
     def _check_auth_and_base(self) -> Self:
@@ -93,6 +101,7 @@ class HttpConfig(_Strict):
     webhook_secret: str
 
     _secrets = field_validator("signing_secret", "webhook_secret")(_whsec)
+    _urls = field_validator("url", "redact_url")(_http_url)
 
 
 class ConsoleConfig(_Strict):

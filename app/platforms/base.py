@@ -23,6 +23,8 @@ from app.products import ProductConfig
 # Total time allowed for one outbound call (httpx's own timeouts are per operation).
 CALL_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 5.0
+# A platform's wait hint is honoured up to this; a larger one is treated as this.
+MAX_WAIT_HINT_S = 3600.0
 
 NoteKind = Literal["prelink", "postlink", "summary"]
 
@@ -117,7 +119,7 @@ class Platform(ABC):
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
                 response = await self.client.send(request)
-        except (httpx.TransportError, TimeoutError) as exc:
+        except (httpx.RequestError, TimeoutError) as exc:
             raise RetryableDeliveryError(f"{type(exc).__name__} calling {self.name}") from exc
         raise_for_delivery(response, now=self.clock.now())
         return response
@@ -128,15 +130,13 @@ def retry_after_seconds(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_WAIT_HINT_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, when.timestamp() - now), MAX_WAIT_HINT_S)
 
 
 def raise_for_delivery(response: httpx.Response, *, now: float) -> None:

@@ -91,6 +91,23 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _ingest_outcome(session_id: str, r: list[Any]) -> IngestOutcome:
+    return IngestOutcome(
+        session_id=session_id,
+        accepted=int(r[0]),
+        duplicates=int(r[1]),
+        conversation_id=_text(r[2]),
+        linked_now=r[3] == b"new",
+        dropped_window=int(r[4]),
+        dropped_cap=int(r[5]),
+        due_at=_due(int(r[6])),
+    )
+
+
+def _summary_outcome(payload: SummaryPayload, r: list[Any]) -> IngestOutcome:
+    return IngestOutcome(payload.sid, 1, 0, _text(r[0]), False, 0, 0, _due(int(r[1])))
+
+
 class RedisStore:
     """The session store. Methods take ``now`` (epoch seconds) so callers own the clock."""
 
@@ -140,23 +157,23 @@ class RedisStore:
     # -- intake -----------------------------------------------------------------------------
 
     async def ingest(
-        self, product: ProductConfig, batches: Sequence[ActionsPayload], *, now: float
+        self,
+        product: ProductConfig,
+        payloads: Sequence[ActionsPayload | SummaryPayload],
+        *,
+        now: float,
     ) -> list[IngestOutcome]:
-        """Store batches (one script per batch, one round trip for all)."""
-        calls = [self._ingest_call(product, batch, now) for batch in batches]
+        """Store a request's payloads in order: one script each, one round trip for all."""
+        calls = [
+            self._ingest_call(product, p, now)
+            if isinstance(p, ActionsPayload)
+            else self._summary_call(product, p, now)
+            for p in payloads
+        ]
         results = await self.run_many(calls)
         return [
-            IngestOutcome(
-                session_id=batch.sid,
-                accepted=int(r[0]),
-                duplicates=int(r[1]),
-                conversation_id=_text(r[2]),
-                linked_now=r[3] == b"new",
-                dropped_window=int(r[4]),
-                dropped_cap=int(r[5]),
-                due_at=_due(int(r[6])),
-            )
-            for batch, r in zip(batches, results, strict=True)
+            _ingest_outcome(p.sid, r) if isinstance(p, ActionsPayload) else _summary_outcome(p, r)
+            for p, r in zip(payloads, results, strict=True)
         ]
 
     def _ingest_call(
@@ -195,17 +212,12 @@ class RedisStore:
             args += [action_digest(action), repr(action.timestamp_start), encode_action(action)]
         return "ingest", script_keys, args
 
-    async def put_summary(
-        self, product: ProductConfig, payload: SummaryPayload, *, now: float
-    ) -> IngestOutcome:
-        pid, sid = product.id, payload.sid
-        state, pre, out = keys.session_keys(pid, sid)[:3]
-        conv, due = await self.run(
-            "summary",
-            [state, pre, out, keys.DUE],
-            [_ms(now), keys.due_member(pid, sid), payload.summary, *self._timings(product)],
-        )
-        return IngestOutcome(sid, 1, 0, _text(conv), False, 0, 0, _due(int(due)))
+    def _summary_call(
+        self, product: ProductConfig, payload: SummaryPayload, now: float
+    ) -> tuple[ScriptName, list[str], list[Any]]:
+        state, pre, out = keys.session_keys(product.id, payload.sid)[:3]
+        args = [_ms(now), keys.due_member(product.id, payload.sid), payload.summary]
+        return "summary", [state, pre, out, keys.DUE], [*args, *self._timings(product)]
 
     @staticmethod
     def _timings(product: ProductConfig) -> list[Any]:

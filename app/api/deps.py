@@ -1,0 +1,83 @@
+"""Request dependencies, as ``Annotated`` aliases for the routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+
+from app.api.errors import ApiError
+from app.clock import Clock
+from app.delivery.worker import DeliveryWorker
+from app.platforms.base import Platform
+from app.products import ProductConfig
+from app.settings import Settings
+from app.store.redis_store import RedisStore
+
+_JSON_TYPES = ("application/json",)
+
+
+@dataclass
+class Services:
+    """What the lifespan builds once per process and the routes share."""
+
+    settings: Settings
+    products: dict[str, ProductConfig]
+    store: RedisStore
+    platforms: dict[str, Platform]
+    worker: DeliveryWorker
+    clock: Clock
+    http: httpx.AsyncClient
+    accepting: bool = True
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_product(product_id: str, services: ServicesDep) -> ProductConfig:
+    product = services.products.get(product_id)
+    if product is None:
+        raise ApiError(404, "unknown_product", f"no product {product_id!r} is configured")
+    return product
+
+
+ProductDep = Annotated[ProductConfig, Depends(get_product)]
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in _JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def json_body(request: Request, services: ServicesDep) -> bytes:
+    """The raw body (signatures need the exact bytes), checked for type and size."""
+    if not services.accepting:
+        raise ApiError(
+            503, "shutting_down", "this instance is shutting down", headers={"Retry-After": "1"}
+        )
+    if not _is_json(request.headers.get("content-type", "")):
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    limit = services.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+
+
+JsonBody = Annotated[bytes, Depends(json_body)]

@@ -1,0 +1,92 @@
+"""``POST /actions/{product_id}``: action batches and summaries from the event pipeline."""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import APIRouter, Request
+
+from app import metrics
+from app.api.deps import JsonBody, ProductDep, ServicesDep
+from app.api.errors import ApiError
+from app.auth import ingest_allowed
+from app.models import ActionsPayload, IngestResponse, InvalidPayload, SummaryPayload, parse_ingest
+from app.products import ProductConfig
+from app.store.redis_store import IngestOutcome
+
+router = APIRouter(tags=["ingest"])
+log = structlog.get_logger(__name__)
+
+
+def _reject(product: ProductConfig, reason: str, error: ApiError) -> ApiError:
+    metrics.BATCHES_REJECTED.labels(product.id, reason).inc()
+    return error
+
+
+def _parse(product: ProductConfig, body: bytes) -> list[ActionsPayload | SummaryPayload]:
+    try:
+        payloads = parse_ingest(body)
+    except InvalidPayload as exc:
+        raise _reject(
+            product,
+            "invalid",
+            ApiError(422, "invalid_payload", "the batch failed validation", fields=exc.fields),
+        ) from exc
+    for i, payload in enumerate(payloads):
+        if payload.product_id is not None and payload.product_id != product.id:
+            loc = f"[{i}].product_id" if len(payloads) > 1 else "product_id"
+            raise _reject(
+                product,
+                "invalid",
+                ApiError(
+                    422,
+                    "invalid_payload",
+                    "product_id in the body differs from the URL",
+                    fields=[{"loc": loc, "message": f"must equal {product.id!r} or be absent"}],
+                ),
+            )
+    return payloads
+
+
+def _count(product: ProductConfig, outcomes: list[IngestOutcome]) -> None:
+    for outcome in outcomes:
+        metrics.ACTIONS_RECEIVED.labels(product.id).inc(outcome.accepted)
+        if outcome.duplicates:
+            metrics.ACTIONS_DUPLICATE.labels(product.id).inc(outcome.duplicates)
+        if outcome.dropped_window:
+            metrics.ACTIONS_DROPPED.labels(product.id, "prelink_window").inc(outcome.dropped_window)
+        if outcome.dropped_cap:
+            metrics.ACTIONS_DROPPED.labels(product.id, "prelink_cap").inc(outcome.dropped_cap)
+        if outcome.linked_now:
+            log.info(
+                "link_created",
+                product_id=product.id,
+                session_id=outcome.session_id,
+                conversation_id=outcome.conversation_id,
+                link_event="new",
+                via="batch",
+            )
+
+
+@router.post("/actions/{product_id}", status_code=202)
+async def ingest_actions(
+    product: ProductDep, body: JsonBody, request: Request, services: ServicesDep
+) -> IngestResponse:
+    """Store action batches (or summaries) for a product; 202 once they are durable."""
+    if not ingest_allowed(product, request.headers, body):
+        raise _reject(
+            product,
+            "unauthorized",
+            ApiError(
+                401, "unauthorized", "a valid ingest token or X-Connector-Signature is required"
+            ),
+        )
+    payloads = _parse(product, body)
+    outcomes = await services.store.ingest(product, payloads, now=services.clock.now())
+    _count(product, outcomes)
+    due = [o.due_at for o in outcomes if o.due_at is not None]
+    services.worker.notify(min(due, default=None))
+    return IngestResponse(
+        accepted=sum(o.accepted for o in outcomes),
+        duplicates=sum(o.duplicates for o in outcomes),
+        linked=all(o.linked for o in outcomes),
+    )

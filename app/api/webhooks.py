@@ -1,0 +1,74 @@
+"""``/chatbot-webhook/{product_id}``: conversation events from the product's chat platform."""
+
+from __future__ import annotations
+
+import contextlib
+
+import structlog
+from fastapi import APIRouter, Request, Response
+
+from app import metrics
+from app.api.deps import JsonBody, ProductDep, Services, ServicesDep
+from app.api.errors import ApiError
+from app.linking import LinkResult, link_from_webhook
+from app.models import WebhookResponse
+from app.platforms.base import InvalidWebhook, Platform, WebhookEvent, WebhookRejected
+from app.products import ProductConfig
+from app.store.redis_store import StoreUnavailable
+
+router = APIRouter(tags=["webhooks"])
+log = structlog.get_logger(__name__)
+
+
+@router.head("/chatbot-webhook/{product_id}")
+async def webhook_probe(product: ProductDep) -> Response:
+    """Answer the URL check some platforms (Intercom) make before sending webhooks."""
+    return Response(status_code=200)
+
+
+async def _verified_event(
+    platform: Platform, product: ProductConfig, request: Request, body: bytes
+) -> WebhookEvent:
+    try:
+        platform.verify(request.headers, body)
+    except WebhookRejected as exc:
+        metrics.WEBHOOKS.labels(product.id, product.platform, "invalid_signature").inc()
+        log.warning("webhook_rejected", product_id=product.id, reason=str(exc))
+        raise ApiError(401, "invalid_signature", str(exc)) from exc
+    try:
+        return await platform.parse(request.headers, body)
+    except InvalidWebhook as exc:
+        metrics.WEBHOOKS.labels(product.id, product.platform, "invalid").inc()
+        raise ApiError(400, "invalid_webhook", str(exc)) from exc
+
+
+async def _link(services: Services, product: ProductConfig, event: WebhookEvent) -> LinkResult:
+    """Link once per delivery id; a delivery that could not be stored may be sent again."""
+    store = services.store
+    if event.delivery_id and not await store.first_delivery(product.id, event.delivery_id):
+        return LinkResult("duplicate", event.session_id, event.conversation_id)
+    try:
+        return await link_from_webhook(store, product, event, now=services.clock.now())
+    except StoreUnavailable:
+        if event.delivery_id:
+            with contextlib.suppress(StoreUnavailable):
+                await store.forget_delivery(product.id, event.delivery_id)
+        raise
+
+
+@router.post("/chatbot-webhook/{product_id}")
+async def receive_webhook(
+    product: ProductDep, body: JsonBody, request: Request, services: ServicesDep
+) -> WebhookResponse:
+    """Verify a platform webhook and link the user's session to its conversation."""
+    event = await _verified_event(services.platforms[product.id], product, request, body)
+    if event.event is None:
+        result = LinkResult("ignored", event.session_id, event.conversation_id)
+        log.info("webhook_ignored", product_id=product.id, reason=event.reason)
+    else:
+        result = await _link(services, product, event)
+        services.worker.notify(result.due_at)
+    metrics.WEBHOOKS.labels(product.id, product.platform, result.status).inc()
+    return WebhookResponse(
+        status=result.status, session_id=result.session_id, conversation_id=result.conversation_id
+    )

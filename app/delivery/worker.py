@@ -1,0 +1,225 @@
+"""The delivery worker: claims due sessions from the store, posts their notes, acknowledges.
+
+One worker runs per process. All timing lives in Redis (the due queue), so any replica can
+deliver any session and a restarted process picks up where a dead one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+
+import structlog
+
+from app import metrics
+from app.clock import Clock
+from app.delivery.backoff import GIVE_UP_AFTER_S, retry_delay_s
+from app.notes import format_note, format_summary
+from app.platforms.base import (
+    ConversationNotFound,
+    DeliveryError,
+    Note,
+    NoteKind,
+    PermanentDeliveryError,
+    Platform,
+    RetryableDeliveryError,
+)
+from app.products import ProductConfig
+from app.store.redis_store import Claim, FailMode, RedisStore, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+MAX_NOTE_ACTIONS = 1000
+_KINDS: dict[str, NoteKind] = {"pre": "prelink", "out": "postlink", "summary": "summary"}
+
+
+def build_note(claim: Claim, product: ProductConfig, *, now: float) -> Note:
+    """The note a claim stands for, formatted per SPEC §7."""
+    kind = _KINDS[claim.source]
+    if kind == "summary":
+        body = format_summary(claim.session_id, claim.summary, now=now)
+        actions: tuple[dict[str, object], ...] = ()
+    else:
+        stored = claim.actions()
+        bins = product.bin_seconds if kind == "prelink" else 0
+        body = format_note(claim.session_id, [a.line for a in stored], bin_seconds=bins, now=now)
+        actions = tuple(a.data for a in sorted(stored, key=lambda a: a.line.timestamp))
+    return Note(
+        product_id=claim.product_id,
+        session_id=claim.session_id,
+        conversation_id=claim.conversation_id,
+        kind=kind,
+        body=body,
+        delivery_id=claim.delivery_id,
+        actions=actions,
+    )
+
+
+class DeliveryWorker:
+    """Claims due sessions and posts their notes, a bounded number at a time."""
+
+    def __init__(
+        self,
+        *,
+        store: RedisStore,
+        products: Mapping[str, ProductConfig],
+        platforms: Mapping[str, Platform],
+        clock: Clock,
+        lease_s: float = 30.0,
+        poll_s: float = 1.0,
+        concurrency: int = 64,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
+        self._store = store
+        self._products = products
+        self._platforms = platforms
+        self._clock = clock
+        self._lease_s = lease_s
+        self._poll_s = poll_s
+        self._concurrency = concurrency
+        self._rand = rand
+        self._wake = asyncio.Event()
+        self._wake_at = 0.0
+        self._stopping = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def notify(self, due_at: float | None) -> None:
+        """Wake the loop early when local work became due sooner than it planned to look."""
+        if due_at is not None and due_at < self._wake_at:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until stop() is called."""
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                delay = await self._step()
+                failures = 0
+            except StoreUnavailable as exc:
+                failures += 1
+                delay = min(self._poll_s * failures, 5.0)
+                log.warning("worker_store_unavailable", error=str(exc), retry_in_s=delay)
+            await self._sleep(delay)
+
+    async def run_once(self) -> int:
+        """Claim everything due now and deliver it; returns the number of notes attempted."""
+        claims = await self._claim(self._concurrency)
+        await asyncio.gather(*(self._deliver(claim) for claim in claims))
+        return len(claims)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; let notes in flight finish within ``grace_s`` (their leases cover
+        the rest, so another process completes them)."""
+        self._stopping = True
+        self._wake.set()
+        if self._in_flight:
+            _, pending = await asyncio.wait(self._in_flight, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _step(self) -> float:
+        capacity = self._concurrency - len(self._in_flight)
+        if capacity <= 0:
+            return self._poll_s  # a finishing delivery sets the wake event
+        claims = await self._claim(capacity)
+        for claim in claims:
+            task = asyncio.create_task(self._deliver(claim))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+        if len(claims) == capacity:
+            return 0.0
+        next_due = await self._store.next_due_at()
+        if next_due is None:
+            return self._poll_s
+        return min(self._poll_s, max(0.0, next_due - self._clock.now()))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._wake.set()
+
+    async def _sleep(self, delay: float) -> None:
+        self._wake_at = self._clock.now() + delay
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        self._wake_at = 0.0
+
+    async def _claim(self, limit: int) -> list[Claim]:
+        return await self._store.claim_due(
+            now=self._clock.now(),
+            limit=limit,
+            lease_s=self._lease_s,
+            max_note_actions=MAX_NOTE_ACTIONS,
+        )
+
+    async def _deliver(self, claim: Claim) -> None:
+        bound = log.bind(
+            product_id=claim.product_id,
+            session_id=claim.session_id,
+            conversation_id=claim.conversation_id,
+        )
+        product = self._products.get(claim.product_id)
+        platform = self._platforms.get(claim.product_id)
+        try:
+            if product is None or platform is None:
+                raise _Unconfigured(claim.product_id)
+            note = build_note(claim, product, now=self._clock.now())
+            note_id = await platform.post_note(note)
+        except Exception as exc:  # every failure is recorded; none loses the note's actions
+            await self._record_failure(claim, product, exc, bound)
+            return
+        try:
+            await self._store.ack(claim, product, note_id=note_id, now=self._clock.now())
+        except StoreUnavailable as exc:
+            # The note is posted but not acknowledged: the lease runs out and the note may
+            # be posted again (at-least-once, SPEC §8).
+            bound.warning("note_ack_failed", error=str(exc))
+            return
+        metrics.NOTES_POSTED.labels(product.id, product.platform, note.kind).inc()
+        bound.info("note_delivered", kind=note.kind, note_id=note_id, actions=len(note.actions))
+
+    async def _record_failure(
+        self,
+        claim: Claim,
+        product: ProductConfig | None,
+        exc: Exception,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        mode, retry_at = self._failure_plan(claim, exc)
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, DeliveryError):
+            bound.warning("note_failed", error=error, mode=mode, attempts=claim.attempts + 1)
+        else:
+            bound.error("note_failed", error=error, mode=mode, exc_info=exc)
+        if product is None:
+            return  # an unconfigured product's sessions wait in the store until it returns
+        metrics.NOTE_FAILURES.labels(product.id, product.platform, type(exc).__name__).inc()
+        if mode == "dead":
+            metrics.DEAD_LETTERS.inc()
+        try:
+            await self._store.fail(
+                claim, product, mode=mode, error=error, retry_at=retry_at, now=self._clock.now()
+            )
+        except StoreUnavailable as store_exc:
+            bound.warning("note_failure_not_recorded", error=str(store_exc))
+
+    def _failure_plan(self, claim: Claim, exc: Exception) -> tuple[FailMode, float]:
+        now = self._clock.now()
+        if isinstance(exc, ConversationNotFound):
+            return "gone", now
+        if isinstance(exc, PermanentDeliveryError):
+            return "dead", now
+        started = claim.first_failure_at or now
+        if now - started >= GIVE_UP_AFTER_S:
+            return "dead", now
+        hint = exc.retry_after_s if isinstance(exc, RetryableDeliveryError) else None
+        kwargs = {"rand": self._rand} if self._rand else {}
+        return "retry", now + retry_delay_s(claim.attempts + 1, hint_s=hint, **kwargs)
+
+
+class _Unconfigured(RetryableDeliveryError):
+    def __init__(self, product_id: str) -> None:
+        super().__init__(f"product {product_id!r} is not configured in this process")

@@ -1,0 +1,134 @@
+"""The ASGI app: ``create_app()`` wires settings, store, platforms and the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+import redis.asyncio as redis
+import structlog
+from fastapi import FastAPI
+
+from app.api import health, ingest, sessions, webhooks
+from app.api.deps import Services
+from app.api.errors import install_error_handlers
+from app.clock import Clock, SystemClock
+from app.delivery.worker import DeliveryWorker
+from app.logs import configure_logging
+from app.platforms import build_platform
+from app.platforms.base import CALL_TIMEOUT_S, CONNECT_TIMEOUT_S
+from app.products import ProductConfig, load_products
+from app.settings import Settings, get_settings
+from app.store.redis_store import RedisStore
+
+log = structlog.get_logger(__name__)
+
+
+def _redis_client(settings: Settings) -> redis.Redis:
+    if settings.redis_url is None:
+        # Imported lazily: the embedded store is for demos and dry runs only.
+        import fakeredis
+
+        log.warning(
+            "embedded_store",
+            detail="BRIDGE_REDIS_URL is unset: using an in-process store; state is lost on exit",
+        )
+        client: redis.Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        return client
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
+def _http_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        follow_redirects=False,
+    )
+
+
+async def _build_services(
+    settings: Settings, products: dict[str, ProductConfig], clock: Clock, client: redis.Redis
+) -> Services:
+    store = RedisStore(client)
+    with contextlib.suppress(Exception):
+        await store.load_scripts()  # scripts also load on first use, so a down Redis can wait
+    http = _http_client()
+    platforms = {pid: build_platform(p, http, clock) for pid, p in products.items()}
+    worker = DeliveryWorker(
+        store=store,
+        products=products,
+        platforms=platforms,
+        clock=clock,
+        lease_s=settings.lease_s,
+        poll_s=settings.worker_poll_s,
+        concurrency=settings.worker_concurrency,
+    )
+    return Services(settings, products, store, platforms, worker, clock, http)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    products: Mapping[str, ProductConfig] | None = None,
+    clock: Clock | None = None,
+    redis_client: redis.Redis | None = None,
+    run_worker: bool = True,
+    configure_logs: bool = True,
+) -> FastAPI:
+    """Build the service. Tests pass settings, products, a clock or a Redis client directly."""
+    settings = settings or get_settings()
+    clock = clock or SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if configure_logs:
+            configure_logging(fmt=settings.log_format, level=settings.log_level)
+        loaded = dict(products) if products is not None else load_products(settings.products_file)
+        client = redis_client or _redis_client(settings)
+        services = await _build_services(settings, loaded, clock, client)
+        app.state.services = services
+        worker_task = asyncio.create_task(services.worker.run()) if run_worker else None
+        log.info("service_started", products=sorted(loaded), store=_store_name(settings))
+        try:
+            yield
+        finally:
+            services.accepting = False
+            await services.worker.stop(settings.shutdown_grace_s)
+            if worker_task is not None:
+                await worker_task
+            await services.http.aclose()
+            if redis_client is None:
+                await client.aclose()
+            log.info("service_stopped")
+
+    app = FastAPI(
+        title="chatbot-bridge",
+        summary="Posts what a user just did in the product into their support conversation.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (ingest, webhooks, sessions, health):
+        app.include_router(module.router)
+    return app
+
+
+def _store_name(settings: Settings) -> str:
+    return "embedded" if settings.redis_url is None else "redis"
+
+
+def __getattr__(name: str) -> Any:
+    # ``app.main:app`` for uvicorn, built on first access so importing this module is cheap.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,34 @@
+"""Prometheus series (SPEC §9). Labels are low-cardinality: never session or conversation ids."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACTIONS_RECEIVED = Counter(
+    "bridge_actions_received_total", "Actions accepted for storage.", ["product"]
+)
+ACTIONS_DUPLICATE = Counter(
+    "bridge_actions_duplicate_total", "Redelivered actions counted, not stored.", ["product"]
+)
+ACTIONS_DROPPED = Counter(
+    "bridge_actions_dropped_total", "Actions dropped by delivery policy.", ["product", "reason"]
+)
+BATCHES_REJECTED = Counter(
+    "bridge_batches_rejected_total", "Ingest requests refused.", ["product", "reason"]
+)
+WEBHOOKS = Counter(
+    "bridge_webhooks_total", "Platform webhooks by outcome.", ["product", "platform", "result"]
+)
+NOTES_POSTED = Counter(
+    "bridge_notes_posted_total", "Notes the platform confirmed.", ["product", "platform", "kind"]
+)
+NOTE_FAILURES = Counter(
+    "bridge_note_failures_total", "Failed note posts.", ["product", "platform", "error"]
+)
+NOTE_DELIVERY_SECONDS = Histogram(
+    "bridge_note_delivery_seconds",
+    "First queued action to note confirmed.",
+    buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+)
+DUE_SESSIONS = Gauge("bridge_due_sessions", "Sessions with a note waiting in the due queue.")
+DEAD_LETTERS = Gauge("bridge_dead_letters", "Notes moved to the dead-letter lists.")

@@ -1,0 +1,615 @@
+"""The products file (SPEC §3.2): interpolation, strict validation, masking."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from app.products import (
+    ProductConfig,
+    ProductsFileError,
+    load_products,
+    masked_view,
+    parse_products,
+)
+
+EXAMPLE_FILE = Path(__file__).resolve().parents[1] / "config" / "products.example.toml"
+
+
+def whsec(n_bytes: int, fill: bytes = b"k") -> str:
+    return "whsec_" + base64.b64encode(fill * n_bytes).decode()
+
+
+SPEC_ENV = {
+    "ACME_INGEST_TOKEN": "acme-ingest-token-0123456789",
+    "ACME_INGEST_SECRET": "acme-ingest-secret-0123456789",
+    "ACME_INTERCOM_TOKEN": "acme-intercom-token-0123456789",
+    "ACME_INTERCOM_CLIENT_SECRET": "acme-client-secret-0123456789",
+    "GLOBEX_ZENDESK_TOKEN": "globex-zendesk-token-0123456789",
+    "GLOBEX_ZENDESK_WEBHOOK_SECRET": "globex-webhook-secret-0123456789",
+    "INITECH_SIGNING_SECRET": whsec(32, b"s"),
+    "INITECH_WEBHOOK_SECRET": whsec(32, b"w"),
+}
+
+# SPEC §3.2 verbatim, plus the ingest credentials globex and initech need to be valid.
+SPEC_EXAMPLE = """
+[products.acme]                      # product id: 1-64 chars of [A-Za-z0-9_-]
+platform = "intercom"                # intercom | zendesk | http | console
+ingest_token = "${ACME_INGEST_TOKEN}"    # Authorization: Bearer <token> on /actions
+ingest_secret = "${ACME_INGEST_SECRET}"  # X-Connector-Signature: sha256=<hex HMAC>
+pre_link_window_s = 120.0
+post_link_debounce_s = 0.15
+post_link_max_wait_s = 5.0           # a note goes out at least this often during a burst
+bin_seconds = 3                      # pre-link flush binning; 0 disables
+max_pending_actions = 1000           # pre-link buffer cap per session (newest kept)
+session_attribute = "posthog_session_id"  # conversation attribute that carries the session id
+
+[products.acme.intercom]
+access_token = "${ACME_INTERCOM_TOKEN}"
+admin_id = "123456"
+client_secret = "${ACME_INTERCOM_CLIENT_SECRET}"   # verifies webhooks
+api_base = "https://api.intercom.io"  # or api.eu.intercom.io / api.au.intercom.io
+api_version = "2.14"
+body_format = "html"                  # html | text (§6.4)
+
+[products.globex]
+platform = "zendesk"
+ingest_token = "${ACME_INGEST_TOKEN}"
+[products.globex.zendesk]
+subdomain = "globex"                  # api_base defaults to https://<subdomain>.zendesk.com
+email = "bot@globex.example"          # with api_token: basic auth "<email>/token:<api_token>"
+api_token = "${GLOBEX_ZENDESK_TOKEN}"
+webhook_secret = "${GLOBEX_ZENDESK_WEBHOOK_SECRET}"
+api_base = "https://globex.zendesk.com"
+
+[products.initech]
+platform = "http"
+ingest_secret = "${ACME_INGEST_SECRET}"
+[products.initech.http]
+url = "https://bot.initech.example/notes"    # where notes are POSTed
+redact_url = "https://bot.initech.example/notes/redact"   # optional
+signing_secret = "${INITECH_SIGNING_SECRET}"  # whsec_<base64>: Standard Webhooks signature
+webhook_secret = "${INITECH_WEBHOOK_SECRET}"  # verifies inbound /chatbot-webhook calls
+
+[products.demo]
+platform = "console"                  # notes are written to the log: for demos and dry runs
+allow_unauthenticated = true          # only allowed with platform = "console"
+"""
+
+INTERCOM_SECTION = """
+[products.acme.intercom]
+access_token = "tok"
+admin_id = "1"
+client_secret = "cs"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "products.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> dict[str, ProductConfig]:
+    return load_products(write(tmp_path, text), env=env or {})
+
+
+def intercom_product(extra: str = "", section: str = INTERCOM_SECTION) -> str:
+    return f'[products.acme]\nplatform = "intercom"\ningest_token = "it"\n{extra}\n{section}'
+
+
+def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ProductsFileError) as info:
+        load(tmp_path, text, env)
+    return str(info.value)
+
+
+# --- the SPEC example and the example file ------------------------------------------------------
+
+
+def test_spec_example_loads(tmp_path: Path) -> None:
+    products = load(tmp_path, SPEC_EXAMPLE, SPEC_ENV)
+
+    assert list(products) == ["acme", "globex", "initech", "demo"]
+    acme = products["acme"]
+    assert acme.id == "acme"
+    assert acme.platform == "intercom"
+    assert acme.ingest_token == SPEC_ENV["ACME_INGEST_TOKEN"]
+    assert acme.ingest_secret == SPEC_ENV["ACME_INGEST_SECRET"]
+    assert (acme.pre_link_window_s, acme.post_link_debounce_s) == (120.0, 0.15)
+    assert (acme.post_link_max_wait_s, acme.bin_seconds, acme.max_pending_actions) == (5.0, 3, 1000)
+    assert acme.intercom is not None
+    assert acme.intercom.access_token == SPEC_ENV["ACME_INTERCOM_TOKEN"]
+    assert acme.intercom.admin_id == "123456"
+    assert acme.webhook_secret == SPEC_ENV["ACME_INTERCOM_CLIENT_SECRET"]
+    globex = products["globex"]
+    assert globex.zendesk is not None
+    assert globex.zendesk.base_url == "https://globex.zendesk.com"
+    assert globex.webhook_secret == SPEC_ENV["GLOBEX_ZENDESK_WEBHOOK_SECRET"]
+    initech = products["initech"]
+    assert initech.http is not None
+    assert initech.http.redact_url == "https://bot.initech.example/notes/redact"
+    assert initech.http.signing_secret == SPEC_ENV["INITECH_SIGNING_SECRET"]
+    demo = products["demo"]
+    assert demo.platform == "console"
+    assert demo.allow_unauthenticated is True
+    assert demo.ingest_token is None
+    assert demo.webhook_secret is None
+
+
+def test_example_file_loads_with_an_empty_environment() -> None:
+    products = load_products(EXAMPLE_FILE, env={})
+
+    assert list(products) == ["demo"]
+    demo = products["demo"]
+    assert demo.platform == "console"
+    assert demo.allow_unauthenticated is True
+    assert demo.pre_link_window_s == 120
+    assert demo.post_link_debounce_s == 2.0
+    assert demo.post_link_max_wait_s == 10
+    assert demo.bin_seconds == 3
+
+
+def test_example_file_commented_products_are_valid_once_uncommented(tmp_path: Path) -> None:
+    # Uncomment table headers and `key = value` lines; leave prose and "# # alternatives" alone.
+    source = EXAMPLE_FILE.read_text(encoding="utf-8")
+    uncommented = re.sub(r"(?m)^# (?=\[|[a-z_]+ += )", "", source)
+    names = set(re.findall(r'"\$\{([A-Z0-9_]+)\}"', uncommented))
+    env = {name: whsec(32) if "INITECH" in name else f"{name.lower()}-value" for name in names}
+
+    products = load(tmp_path, uncommented, env)
+
+    assert {p.platform for p in products.values()} == {"console", "intercom", "zendesk", "http"}
+    assert len(products) == 4
+
+
+# --- ${NAME} interpolation ------------------------------------------------------------------------
+
+
+def test_missing_environment_variable_names_the_variable_and_product(tmp_path: Path) -> None:
+    env = {k: v for k, v in SPEC_ENV.items() if k != "INITECH_WEBHOOK_SECRET"}
+
+    message = error_of(tmp_path, SPEC_EXAMPLE, env)
+
+    assert "INITECH_WEBHOOK_SECRET" in message
+    assert "initech" in message
+    assert "products.initech.http.webhook_secret" in message
+
+
+def test_interpolation_reaches_any_key_and_section(tmp_path: Path) -> None:
+    text = intercom_product(
+        extra='pre_link_window_s = "${WINDOW}"',
+        section='[products.acme.intercom]\naccess_token = "t"\nadmin_id = "${ADMIN}"\n'
+        'client_secret = "${SECRET}"\n',
+    )
+
+    acme = load(tmp_path, text, {"WINDOW": "30.5", "ADMIN": "42", "SECRET": "from-env"})["acme"]
+
+    assert acme.pre_link_window_s == 30.5
+    assert acme.intercom is not None
+    assert acme.intercom.admin_id == "42"
+    assert acme.intercom.client_secret == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("literal", "expected"),
+    [
+        ('"a${X}"', "a${X}"),
+        ('"${X}b"', "${X}b"),
+        ('"$X"', "$X"),
+        ('"${X"', "${X"),
+        ('"${ X }"', "${ X }"),
+        ('"${X}\\n"', "${X}\n"),
+        ('"${X}${X}"', "${X}${X}"),
+    ],
+)
+def test_only_exact_references_are_interpolated(
+    tmp_path: Path, literal: str, expected: str
+) -> None:
+    section = (
+        f'[products.acme.intercom]\naccess_token = "t"\nadmin_id = {literal}\nclient_secret = "c"\n'
+    )
+
+    acme = load(tmp_path, intercom_product(section=section), {"X": "replaced"})["acme"]
+
+    assert acme.intercom is not None
+    assert acme.intercom.admin_id == expected
+
+
+def test_default_environment_is_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BRIDGE_TEST_INGEST", "from-process-env")
+    path = write(tmp_path, intercom_product().replace('"it"', '"${BRIDGE_TEST_INGEST}"'))
+
+    assert load_products(path)["acme"].ingest_token == "from-process-env"
+
+
+# --- unknown keys and ids -------------------------------------------------------------------------
+
+
+def test_unknown_product_key_is_named(tmp_path: Path) -> None:
+    message = error_of(tmp_path, intercom_product(extra="pre_link_windw_s = 30"))
+
+    assert "products.acme.pre_link_windw_s" in message
+
+
+def test_unknown_platform_key_is_named(tmp_path: Path) -> None:
+    message = error_of(tmp_path, intercom_product(section=INTERCOM_SECTION + 'acces_token = "x"\n'))
+
+    assert "products.acme.intercom.acces_token" in message
+
+
+def test_id_key_cannot_override_the_table_name(tmp_path: Path) -> None:
+    message = error_of(tmp_path, intercom_product(extra='id = "other"'))
+
+    assert "products.acme.id" in message
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "[product.acme]\nplatform = 'console'\n")
+
+    assert "unknown top-level keys: product" in message
+
+
+def test_file_without_products_is_an_error(tmp_path: Path) -> None:
+    assert "no [products.<id>]" in error_of(tmp_path, "# nothing here\n")
+
+
+@pytest.mark.parametrize("product_id", ["has space", "dot.ted", "a" * 65, "", "a\n", "ünï"])
+def test_bad_product_id(tmp_path: Path, product_id: str) -> None:
+    key = json.dumps(product_id)  # a valid quoted TOML key
+    text = f'[products.{key}]\nplatform = "console"\nallow_unauthenticated = true\n'
+
+    message = error_of(tmp_path, text)
+
+    assert "product id" in message
+    assert repr(product_id) in message
+
+
+@pytest.mark.parametrize("product_id", ["a", "A-z_09", "x" * 64])
+def test_good_product_id(tmp_path: Path, product_id: str) -> None:
+    text = f'[products."{product_id}"]\nplatform = "console"\nallow_unauthenticated = true\n'
+
+    assert list(load(tmp_path, text)) == [product_id]
+
+
+def test_unknown_platform(tmp_path: Path) -> None:
+    text = '[products.acme]\nplatform = "slack"\nallow_unauthenticated = true\n'
+
+    assert "products.acme.platform" in error_of(tmp_path, text)
+
+
+# --- platform sections and credentials ------------------------------------------------------------
+
+
+def test_platform_section_must_match_the_platform(tmp_path: Path) -> None:
+    section = INTERCOM_SECTION + (
+        '[products.acme.zendesk]\nsubdomain = "x"\noauth_token = "o"\nwebhook_secret = "w"\n'
+    )
+    text = intercom_product(section=section).replace('"intercom"', '"zendesk"', 1)
+
+    message = error_of(tmp_path, text)
+
+    assert "products.acme" in message
+    assert "[intercom] section but platform is 'zendesk'" in message
+
+
+def test_missing_ingest_credentials(tmp_path: Path) -> None:
+    text = intercom_product().replace('ingest_token = "it"\n', "")
+
+    message = error_of(tmp_path, text)
+
+    assert "products.acme" in message
+    assert "ingest_token or ingest_secret" in message
+
+
+@pytest.mark.parametrize("credential", ['ingest_token = "t"', 'ingest_secret = "s"'])
+def test_either_ingest_credential_is_enough(tmp_path: Path, credential: str) -> None:
+    text = intercom_product().replace('ingest_token = "it"', credential)
+
+    assert load(tmp_path, text)["acme"].platform == "intercom"
+
+
+def test_missing_platform_section_means_no_webhook_secret(tmp_path: Path) -> None:
+    message = error_of(tmp_path, intercom_product(section=""))
+
+    assert "products.acme" in message
+    assert "webhook secret" in message
+
+
+@pytest.mark.parametrize(
+    ("platform", "section", "missing_key"),
+    [
+        ("intercom", 'access_token = "t"\nadmin_id = "1"', "intercom.client_secret"),
+        ("zendesk", 'subdomain = "g"\nemail = "e@x"\napi_token = "t"', "zendesk.webhook_secret"),
+        ("http", f'url = "https://x"\nsigning_secret = "{whsec(32)}"', "http.webhook_secret"),
+    ],
+)
+def test_missing_webhook_secret(
+    tmp_path: Path, platform: str, section: str, missing_key: str
+) -> None:
+    text = (
+        f'[products.p1]\nplatform = "{platform}"\ningest_token = "t"\n'
+        f"[products.p1.{platform}]\n{section}\n"
+    )
+
+    assert f"products.p1.{missing_key}" in error_of(tmp_path, text)
+
+
+def test_authenticated_console_needs_a_webhook_secret(tmp_path: Path) -> None:
+    text = '[products.c]\nplatform = "console"\ningest_token = "t"\n'
+
+    assert "webhook secret" in error_of(tmp_path, text)
+    with_secret = text + f'[products.c.console]\nwebhook_secret = "{whsec(24)}"\n'
+    assert load(tmp_path, with_secret)["c"].webhook_secret == whsec(24)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('ingest_token = "it"', 'ingest_token = ""', "products.acme.ingest_token"),
+        ('ingest_token = "it"', 'ingest_token = "   "', "products.acme.ingest_token"),
+        ('ingest_token = "it"', 'ingest_secret = ""', "products.acme.ingest_secret"),
+        ('access_token = "tok"', 'access_token = ""', "products.acme.intercom.access_token"),
+        ('client_secret = "cs"', 'client_secret = ""', "products.acme.intercom.client_secret"),
+        (
+            'client_secret = "cs"',
+            'client_secret = "${EMPTY}"',
+            "products.acme.intercom.client_secret",
+        ),
+    ],
+)
+def test_empty_secrets_are_rejected(tmp_path: Path, old: str, new: str, key: str) -> None:
+    text = intercom_product().replace(old, new)
+
+    message = error_of(tmp_path, text, {"EMPTY": ""})
+
+    assert key in message
+    assert "must not be empty" in message
+
+
+@pytest.mark.parametrize("key", ["webhook_secret", "api_token"])
+def test_empty_zendesk_secrets_are_rejected(tmp_path: Path, key: str) -> None:
+    values = {"subdomain": "g", "email": "e@x", "api_token": "t", "webhook_secret": "w"}
+    values[key] = ""
+    section = "\n".join(f'{k} = "{v}"' for k, v in values.items())
+    text = (
+        f'[products.g]\nplatform = "zendesk"\ningest_token = "t"\n[products.g.zendesk]\n{section}\n'
+    )
+
+    assert f"products.g.zendesk.{key}" in error_of(tmp_path, text)
+
+
+def test_allow_unauthenticated_only_with_console(tmp_path: Path) -> None:
+    message = error_of(tmp_path, intercom_product(extra="allow_unauthenticated = true"))
+
+    assert "products.acme" in message
+    assert "allow_unauthenticated" in message
+
+
+def test_unauthenticated_console_needs_no_credentials(tmp_path: Path) -> None:
+    text = '[products.demo]\nplatform = "console"\nallow_unauthenticated = true\n'
+
+    demo = load(tmp_path, text)["demo"]
+
+    assert demo.ingest_token is None
+    assert demo.ingest_secret is None
+
+
+# --- timings --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("pre_link_window_s = 0", "pre_link_window_s"),
+        ("pre_link_window_s = -1", "pre_link_window_s"),
+        ("pre_link_window_s = inf", "pre_link_window_s"),
+        ("post_link_debounce_s = -0.1", "post_link_debounce_s"),
+        ("post_link_debounce_s = nan", "post_link_debounce_s"),
+        ("post_link_max_wait_s = -1", "post_link_max_wait_s"),
+        ("post_link_max_wait_s = inf", "post_link_max_wait_s"),
+        ("bin_seconds = -3", "bin_seconds"),
+        ("max_pending_actions = 0", "max_pending_actions"),
+        ('pre_link_window_s = "soon"', "pre_link_window_s"),
+    ],
+)
+def test_bad_timings_are_named(tmp_path: Path, setting: str, key: str) -> None:
+    assert f"products.acme.{key}" in error_of(tmp_path, intercom_product(extra=setting))
+
+
+def test_max_wait_must_not_be_shorter_than_debounce(tmp_path: Path) -> None:
+    text = intercom_product(extra="post_link_debounce_s = 2.0\npost_link_max_wait_s = 1.5")
+
+    message = error_of(tmp_path, text)
+
+    assert "products.acme" in message
+    assert "post_link_max_wait_s must be >= post_link_debounce_s" in message
+
+
+def test_boundary_timings_are_accepted(tmp_path: Path) -> None:
+    extra = (
+        "pre_link_window_s = 0.001\npost_link_debounce_s = 0\n"
+        "post_link_max_wait_s = 0\nbin_seconds = 0\nmax_pending_actions = 1"
+    )
+
+    acme = load(tmp_path, intercom_product(extra=extra))["acme"]
+
+    assert (acme.pre_link_window_s, acme.post_link_debounce_s, acme.post_link_max_wait_s) == (
+        0.001,
+        0,
+        0,
+    )
+    assert (acme.bin_seconds, acme.max_pending_actions) == (0, 1)
+
+
+def test_equal_debounce_and_max_wait_are_accepted(tmp_path: Path) -> None:
+    text = intercom_product(extra="post_link_debounce_s = 2\npost_link_max_wait_s = 2")
+
+    assert load(tmp_path, text)["acme"].post_link_max_wait_s == 2
+
+
+# --- http: Standard Webhooks secrets --------------------------------------------------------------
+
+
+def http_product(signing_secret: str, webhook_secret: str) -> str:
+    return (
+        '[products.initech]\nplatform = "http"\ningest_token = "t"\n[products.initech.http]\n'
+        f'url = "https://bot.example/notes"\nsigning_secret = "{signing_secret}"\n'
+        f'webhook_secret = "{webhook_secret}"\n'
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "plain-secret",
+        "whsec_",
+        "whsec_!!!not-base64!!!",
+        whsec(23),
+        whsec(65),
+        whsec(32).replace("whsec_", "WHSEC_"),
+    ],
+)
+@pytest.mark.parametrize("key", ["signing_secret", "webhook_secret"])
+def test_invalid_whsec_secret(tmp_path: Path, bad: str, key: str) -> None:
+    secrets = {"signing_secret": whsec(32), "webhook_secret": whsec(32), key: bad}
+
+    message = error_of(tmp_path, http_product(**secrets))
+
+    assert f"products.initech.http.{key}" in message
+
+
+def test_validation_errors_do_not_echo_secrets(tmp_path: Path) -> None:
+    bad = "plain-secret-value-1234567890"
+
+    message = error_of(tmp_path, http_product(whsec(32), bad))
+
+    assert "products.initech.http.webhook_secret" in message
+    assert bad not in message
+
+
+@pytest.mark.parametrize("n_bytes", [24, 64])
+def test_whsec_secret_length_bounds(tmp_path: Path, n_bytes: int) -> None:
+    product = load(tmp_path, http_product(whsec(n_bytes), whsec(n_bytes, b"w")))["initech"]
+
+    assert product.webhook_secret == whsec(n_bytes, b"w")
+
+
+# --- zendesk ----------------------------------------------------------------------------------
+
+
+def zendesk_product(section: str) -> str:
+    return (
+        '[products.g]\nplatform = "zendesk"\ningest_token = "t"\n[products.g.zendesk]\n'
+        f'webhook_secret = "w"\n{section}\n'
+    )
+
+
+def test_zendesk_base_url_defaults_to_the_subdomain(tmp_path: Path) -> None:
+    product = load(tmp_path, zendesk_product('subdomain = "globex"\noauth_token = "o"'))["g"]
+
+    assert product.zendesk is not None
+    assert product.zendesk.base_url == "https://globex.zendesk.com"
+
+
+def test_zendesk_api_base_without_subdomain(tmp_path: Path) -> None:
+    section = 'api_base = "http://127.0.0.1:9000"\nemail = "e@x"\napi_token = "t"'
+
+    product = load(tmp_path, zendesk_product(section))["g"]
+
+    assert product.zendesk is not None
+    assert product.zendesk.base_url == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('oauth_token = "o"', "set subdomain or api_base"),
+        ('subdomain = ""\noauth_token = "o"', "set subdomain or api_base"),
+        ('subdomain = "g"', "set email and api_token, or oauth_token"),
+        ('subdomain = "g"\nemail = "e@x"', "set email and api_token, or oauth_token"),
+        ('subdomain = "g"\napi_token = "t"', "set email and api_token, or oauth_token"),
+    ],
+)
+def test_zendesk_needs_a_base_and_credentials(tmp_path: Path, section: str, expected: str) -> None:
+    message = error_of(tmp_path, zendesk_product(section))
+
+    assert "products.g.zendesk" in message
+    assert expected in message
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ProductsFileError, match="does not exist"):
+        load_products(tmp_path / "nope.toml", env={})
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ProductsFileError, match="not valid TOML"):
+        load(tmp_path, "[products.acme\nplatform = ")
+
+
+def test_unreadable_file_is_a_products_file_error(tmp_path: Path) -> None:
+    with pytest.raises(ProductsFileError, match="cannot be read"):
+        load_products(tmp_path, env={})
+    binary = tmp_path / "latin1.toml"
+    binary.write_bytes(b'[products.caf\xe9]\nplatform = "console"\n')
+    with pytest.raises(ProductsFileError, match="cannot be read"):
+        load_products(binary, env={})
+
+
+def test_parse_products_takes_a_parsed_document() -> None:
+    raw = tomllib.loads('[products.demo]\nplatform = "console"\nallow_unauthenticated = true\n')
+
+    products = parse_products(raw, env={})
+
+    assert products["demo"].platform == "console"
+    with pytest.raises(ProductsFileError, match="must be a table"):
+        parse_products({"products": {"demo": "console"}}, env={})
+
+
+# --- masking --------------------------------------------------------------------------------------
+
+
+def test_masked_view_never_shows_a_secret(tmp_path: Path) -> None:
+    env = {**SPEC_ENV, "SHORT_SECRET": "short1"}
+    text = SPEC_EXAMPLE + (
+        '\n[products.zd2]\nplatform = "zendesk"\ningest_secret = "${SHORT_SECRET}"\n'
+        '[products.zd2.zendesk]\nsubdomain = "z"\noauth_token = "oauth-token-abcdefghijkl"\n'
+        'webhook_secret = "${SHORT_SECRET}"\n'
+    )
+    products = load(tmp_path, text, env)
+    secrets = [*env.values(), "oauth-token-abcdefghijkl"]
+
+    views = {product_id: masked_view(p) for product_id, p in products.items()}
+    dumped = json.dumps(views)
+
+    for secret in secrets:
+        assert secret not in dumped
+    assert views["acme"]["ingest_token"].startswith("****")
+    assert views["acme"]["intercom"]["client_secret"].startswith("****")
+    assert views["initech"]["http"]["signing_secret"].startswith("****")
+    assert views["zd2"]["zendesk"]["oauth_token"].startswith("****")
+    assert views["zd2"]["ingest_secret"] == "****"
+
+
+def test_masked_view_keeps_what_is_not_secret(tmp_path: Path) -> None:
+    acme = load(tmp_path, SPEC_EXAMPLE, SPEC_ENV)["acme"]
+
+    view = masked_view(acme)
+
+    assert view["platform"] == "intercom"
+    assert view["intercom"]["admin_id"] == "123456"
+    assert view["intercom"]["api_base"] == "https://api.intercom.io"
+    assert view["post_link_debounce_s"] == 0.15
+    # masking is a view: the loaded product still holds the real secret
+    assert acme.ingest_token == SPEC_ENV["ACME_INGEST_TOKEN"]
