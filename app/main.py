@@ -96,7 +96,8 @@ def create_app(
         services = await _build_services(settings, loaded, clock, client)
         app.state.services = services
         worker_task = asyncio.create_task(services.worker.run()) if run_worker else None
-        log.info("service_started", products=sorted(loaded), store=_store_name(settings))
+        store_name = "embedded" if redis_client is None and settings.redis_url is None else "redis"
+        log.info("service_started", products=sorted(loaded), store=store_name)
         try:
             yield
         finally:
@@ -119,10 +120,6 @@ def create_app(
     for module in (ingest, webhooks, sessions, health):
         app.include_router(module.router)
     return app
-
-
-def _store_name(settings: Settings) -> str:
-    return "embedded" if settings.redis_url is None else "redis"
 
 
 def __getattr__(name: str) -> Any:
