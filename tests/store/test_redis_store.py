@@ -1,0 +1,143 @@
+"""The store's scripts directly: atomicity, leases, ordering, TTLs, on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+
+from app.models import ActionsPayload, parse_ingest
+from app.platforms.base import LinkEvent
+from app.store import keys
+from app.store.redis_store import RedisStore
+from tests.conftest import batch, make_product
+
+T0 = 1_700_000_000.0
+PRODUCT = make_product()
+
+
+def actions(session_id: str, *items: tuple[str, float], **fields: object) -> list[ActionsPayload]:
+    payloads = parse_ingest(json.dumps(batch(session_id, *items, **fields)).encode())
+    assert all(isinstance(p, ActionsPayload) for p in payloads)
+    return payloads  # type: ignore[return-value]
+
+
+async def claim(store: RedisStore, now: float, limit: int = 10) -> list:
+    return await store.claim_due(now=now, limit=limit, lease_s=30, max_note_actions=1000)
+
+
+def described(claim_) -> list[str]:
+    return [a.data["description"] for a in claim_.actions()]
+
+
+async def test_actions_arriving_while_a_note_is_in_flight_go_into_the_next_note(
+    store: RedisStore,
+) -> None:
+    await store.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
+    await store.ingest(PRODUCT, actions("s1", ("A", T0)), now=T0)
+    (first,) = await claim(store, T0 + 0.2)
+    await store.ingest(PRODUCT, actions("s1", ("B", T0 + 1)), now=T0 + 0.25)
+    assert await claim(store, T0 + 0.5) == []  # one note in flight per session
+    assert await store.ack(first, PRODUCT, note_id="n1", now=T0 + 0.3)
+    (second,) = await claim(store, T0 + 0.5)
+    assert described(first) == ["A"]
+    assert described(second) == ["B"]
+
+
+async def test_concurrent_claims_hand_a_session_to_exactly_one_caller(store: RedisStore) -> None:
+    for i in range(20):
+        await store.link(PRODUCT, session_id=f"s{i}", conversation_id=f"c{i}", event=None, now=T0)
+        await store.ingest(PRODUCT, actions(f"s{i}", ("A", T0)), now=T0)
+    results = await asyncio.gather(*(claim(store, T0 + 1, limit=7) for _ in range(5)))
+    claimed = [c.session_id for batch_ in results for c in batch_]
+    assert sorted(claimed) == sorted(f"s{i}" for i in range(20))
+
+
+async def test_an_ack_after_the_lease_moved_on_changes_nothing(store: RedisStore) -> None:
+    await store.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
+    await store.ingest(PRODUCT, actions("s1", ("A", T0)), now=T0)
+    (stale,) = await claim(store, T0 + 1)
+    (fresh,) = await claim(store, T0 + 32)  # the first holder's lease ran out
+    assert described(fresh) == ["A"]
+    assert not await store.ack(stale, PRODUCT, note_id="late", now=T0 + 33)
+    assert await store.ack(fresh, PRODUCT, note_id="n", now=T0 + 33)
+    assert await claim(store, T0 + 100) == []
+
+
+async def test_new_overwrites_and_reply_existing_keeps_the_link(store: RedisStore) -> None:
+    first = await store.link(
+        PRODUCT, session_id="s1", conversation_id="c1", event=LinkEvent.REPLY_EXISTING, now=T0
+    )
+    assert first.linked and first.conversation_id == "c1"
+    reply = await store.link(
+        PRODUCT, session_id="s1", conversation_id="c2", event=LinkEvent.REPLY_EXISTING, now=T0
+    )
+    assert not reply.linked and reply.conversation_id == "c1"
+    again = await store.link(
+        PRODUCT, session_id="s1", conversation_id="c1", event=LinkEvent.NEW, now=T0
+    )
+    assert not again.linked
+    moved = await store.link(
+        PRODUCT, session_id="s1", conversation_id="c3", event=LinkEvent.NEW, now=T0
+    )
+    assert moved.linked and moved.previous_conversation_id == "c1"
+
+
+async def test_repeating_a_link_does_not_disturb_a_pending_debounce(store: RedisStore) -> None:
+    await store.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
+    await store.ingest(PRODUCT, actions("s1", ("A", T0)), now=T0)
+    before = await store.next_due_at()
+    await store.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0 + 0.1)
+    assert await store.next_due_at() == before == pytest.approx(T0 + 0.15)
+
+
+async def test_every_key_has_a_ttl_except_the_due_queue(
+    store: RedisStore, redis_client: aioredis.Redis
+) -> None:
+    await store.ingest(PRODUCT, actions("s1", ("A", T0), user_id="u1", email="a@b.c"), now=T0)
+    await store.resolve_session("acme", user_id="u2", email="x@y.z", conversation_id="c2")
+    await store.first_delivery("acme", "msg-1")
+    await store.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
+    (c,) = await claim(store, T0)
+    await store.ack(c, PRODUCT, note_id="n1", now=T0)
+    await store.ingest(PRODUCT, actions("s1", ("B", T0 + 1)), now=T0 + 1)
+    (c,) = await claim(store, T0 + 2)
+    await store.fail(c, PRODUCT, mode="dead", error="x", retry_at=T0 + 2, now=T0 + 2)
+    names = [k.decode() async for k in redis_client.scan_iter("*")]
+    assert len(names) >= 8
+    for name in names:
+        if name != keys.DUE:
+            assert await redis_client.ttl(name) > 0, name
+
+
+async def test_unlinked_buffer_expires_after_30_minutes(
+    store: RedisStore, redis_client: aioredis.Redis
+) -> None:
+    await store.ingest(PRODUCT, actions("s1", ("A", T0)), now=T0)
+    pre = keys.session_keys("acme", "s1")[1]
+    assert 0 < await redis_client.ttl(pre) <= keys.UNLINKED_BUFFER_TTL_S
+    await store.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
+    assert await redis_client.ttl(pre) > keys.UNLINKED_BUFFER_TTL_S  # kept until flushed
+
+
+async def test_scripts_are_reloaded_after_redis_forgets_them(
+    store: RedisStore, redis_client: aioredis.Redis
+) -> None:
+    await redis_client.script_flush()
+    (outcome,) = await store.ingest(PRODUCT, actions("s1", ("A", T0)), now=T0)
+    assert outcome.accepted == 1
+
+
+async def test_the_embedded_store_runs_the_same_scripts() -> None:
+    embedded = RedisStore(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()))
+    (outcome,) = await embedded.ingest(PRODUCT, actions("s1", ("A", T0), ("B", T0 + 1)), now=T0)
+    assert outcome.accepted == 2
+    linked = await embedded.link(PRODUCT, session_id="s1", conversation_id="c", event=None, now=T0)
+    assert linked.linked
+    (c,) = await claim(embedded, T0)
+    assert c.source == "pre" and described(c) == ["A", "B"]
+    assert await embedded.ack(c, PRODUCT, note_id="n", now=T0)
+    assert await claim(embedded, T0 + 100) == []
