@@ -102,7 +102,7 @@ def create_app(
             yield
         finally:
             services.accepting = False
-            await services.worker.stop(settings.shutdown_grace_s)
+            services.worker.stop(settings.shutdown_grace_s)
             if worker_task is not None:
                 await worker_task
             await services.http.aclose()

@@ -12,7 +12,13 @@ from app.api.deps import JsonBody, ProductDep, Services, ServicesDep
 from app.api.errors import ApiError
 from app.linking import LinkResult, link_from_webhook
 from app.models import WebhookResponse
-from app.platforms.base import InvalidWebhook, Platform, WebhookEvent, WebhookRejected
+from app.platforms.base import (
+    DeliveryError,
+    InvalidWebhook,
+    Platform,
+    WebhookEvent,
+    WebhookRejected,
+)
 from app.products import ProductConfig
 from app.store.redis_store import StoreUnavailable
 
@@ -40,6 +46,17 @@ async def _verified_event(
     except InvalidWebhook as exc:
         metrics.WEBHOOKS.labels(product.id, product.platform, "invalid").inc()
         raise ApiError(400, "invalid_webhook", str(exc)) from exc
+    except DeliveryError as exc:
+        # Parsing needed the platform's API (e.g. a requester lookup) and it failed: ask the
+        # platform to send the webhook again rather than lose the link.
+        metrics.WEBHOOKS.labels(product.id, product.platform, "platform_unavailable").inc()
+        log.warning("webhook_lookup_failed", product_id=product.id, error=str(exc))
+        raise ApiError(
+            503,
+            "platform_unavailable",
+            f"could not read the webhook's details from {product.platform}; retry later",
+            headers={"Retry-After": "5"},
+        ) from exc
 
 
 async def _link(services: Services, product: ProductConfig, event: WebhookEvent) -> LinkResult:

@@ -81,7 +81,7 @@ class DeliveryWorker:
         self._rand = rand
         self._wake = asyncio.Event()
         self._wake_at = 0.0
-        self._stopping = False
+        self._drain_until: float | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def notify(self, due_at: float | None) -> None:
@@ -90,18 +90,22 @@ class DeliveryWorker:
             self._wake.set()
 
     async def run(self) -> None:
-        """Deliver until stop() is called."""
+        """Deliver until a drain started by stop() is complete."""
         failures = 0
-        while not self._stopping:
+        while True:
             self._wake.clear()
             try:
-                delay = await self._step()
+                delay, next_due = await self._step()
                 failures = 0
             except StoreUnavailable as exc:
                 failures += 1
-                delay = min(self._poll_s * failures, 5.0)
+                delay, next_due = min(self._poll_s * failures, 5.0), None
                 log.warning("worker_store_unavailable", error=str(exc), retry_in_s=delay)
+            if self._drained(next_due):
+                break
             await self._sleep(delay)
+        # Never cut a note off mid-request: each is bounded by the platform call timeout.
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def run_once(self) -> int:
         """Claim everything due now and deliver it; returns the number of notes attempted."""
@@ -109,32 +113,35 @@ class DeliveryWorker:
         await asyncio.gather(*(self._deliver(claim) for claim in claims))
         return len(claims)
 
-    async def stop(self, grace_s: float) -> None:
-        """Stop claiming; let notes in flight finish within ``grace_s`` (their leases cover
-        the rest, so another process completes them)."""
-        self._stopping = True
+    def stop(self, grace_s: float) -> None:
+        """Start draining: notes that fall due within ``grace_s`` are still posted, later ones
+        stay in the store for the next process. run() returns when the drain is done."""
+        self._drain_until = self._clock.now() + grace_s
         self._wake.set()
-        if self._in_flight:
-            _, pending = await asyncio.wait(self._in_flight, timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _step(self) -> float:
+    def _drained(self, next_due: float | None) -> bool:
+        if self._drain_until is None:
+            return False
+        if self._clock.now() >= self._drain_until:
+            return True
+        nothing_left = next_due is None or next_due > self._drain_until
+        return nothing_left and not self._in_flight
+
+    async def _step(self) -> tuple[float, float | None]:
         capacity = self._concurrency - len(self._in_flight)
         if capacity <= 0:
-            return self._poll_s  # a finishing delivery sets the wake event
+            return self._poll_s, None  # a finishing delivery sets the wake event
         claims = await self._claim(capacity)
         for claim in claims:
             task = asyncio.create_task(self._deliver(claim))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
         if len(claims) == capacity:
-            return 0.0
+            return 0.0, None
         next_due = await self._store.next_due_at()
         if next_due is None:
-            return self._poll_s
-        return min(self._poll_s, max(0.0, next_due - self._clock.now()))
+            return self._poll_s, None
+        return min(self._poll_s, max(0.0, next_due - self._clock.now())), next_due
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)

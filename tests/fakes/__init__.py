@@ -1,0 +1,1 @@
+"""Local fakes of the platforms the bridge talks to, served on loopback."""
