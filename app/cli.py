@@ -8,13 +8,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import uvicorn
 from pydantic import ValidationError
 
+from app.main import create_app
 from app.products import ProductConfig, ProductsFileError, load_products, masked_view
+from app.server import serve
 from app.settings import Settings
-
-APP_IMPORT_STRING = "app.main:app"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -32,15 +31,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings) -> int:
-    uvicorn.run(
-        APP_IMPORT_STRING,
-        host=settings.host,
-        port=settings.port,
-        proxy_headers=True,
-        workers=1,
-        # The app configures structlog and the standard logging handlers itself.
-        log_config=None,
-    )
+    # One process, one worker: replicas scale out as separate containers over one Redis.
+    serve(create_app(settings), host=settings.host, port=settings.port)
     return 0
 
 

@@ -20,7 +20,7 @@ from app.delivery.worker import DeliveryWorker
 from app.logs import configure_logging
 from app.platforms import build_platform
 from app.platforms.base import CALL_TIMEOUT_S, CONNECT_TIMEOUT_S
-from app.products import ProductConfig, load_products
+from app.products import ProductConfig, ProductsFileError, load_products
 from app.settings import Settings, get_settings
 from app.store.redis_store import RedisStore
 
@@ -91,11 +91,18 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if configure_logs:
             configure_logging(fmt=settings.log_format, level=settings.log_level)
-        loaded = dict(products) if products is not None else load_products(settings.products_file)
+        try:
+            loaded = (
+                dict(products) if products is not None else load_products(settings.products_file)
+            )
+        except ProductsFileError as exc:
+            log.error("startup_failed", error=str(exc))
+            raise
         client = redis_client or _redis_client(settings)
         services = await _build_services(settings, loaded, clock, client)
         app.state.services = services
-        worker_task = asyncio.create_task(services.worker.run()) if run_worker else None
+        if run_worker:
+            services.worker_task = asyncio.create_task(services.worker.run())
         store_name = "embedded" if redis_client is None and settings.redis_url is None else "redis"
         log.info("service_started", products=sorted(loaded), store=store_name)
         try:
@@ -103,8 +110,8 @@ def create_app(
         finally:
             services.accepting = False
             services.worker.stop(settings.shutdown_grace_s)
-            if worker_task is not None:
-                await worker_task
+            if services.worker_task is not None:
+                await services.worker_task
             await services.http.aclose()
             if redis_client is None:
                 await client.aclose()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from app.cli import main
+from app.server import BridgeServer
 
 ACCESS_TOKEN = "intercom-access-token-SECRET-a1b2"
 CLIENT_SECRET = "intercom-client-secret-SECRET-c3d4"
@@ -132,32 +133,23 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     assert "COMMAND" in capsys.readouterr().err
 
 
-def test_serve_runs_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
+def test_serve_runs_the_app_on_the_configured_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[uvicorn.Config] = []
+    monkeypatch.setattr(BridgeServer, "run", lambda self, *a, **k: started.append(self.config))
     monkeypatch.setenv("BRIDGE_HOST", "127.0.0.1")
     monkeypatch.setenv("BRIDGE_PORT", "8123")
 
     assert main(["serve"]) == 0
 
-    assert calls == [
-        (
-            ("app.main:app",),
-            {
-                "host": "127.0.0.1",
-                "port": 8123,
-                "proxy_headers": True,
-                "workers": 1,
-                "log_config": None,
-            },
-        )
-    ]
+    (config,) = started
+    assert (config.host, config.port, config.proxy_headers) == ("127.0.0.1", 8123, True)
+    assert isinstance(config.app, FastAPI)
 
 
 def test_serve_rejects_a_bad_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("must not start"))
+    monkeypatch.setattr(BridgeServer, "run", lambda *a, **k: pytest.fail("must not start"))
     monkeypatch.setenv("BRIDGE_PORT", "not-a-port")
 
     assert main(["serve"]) == 1

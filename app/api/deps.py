@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -31,6 +32,7 @@ class Services:
     clock: Clock
     http: httpx.AsyncClient
     accepting: bool = True
+    worker_task: asyncio.Task[None] | None = None
 
 
 def get_services(request: Request) -> Services:

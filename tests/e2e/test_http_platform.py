@@ -7,27 +7,21 @@ is what a deployment does: wiring, the background worker, retries and restart re
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tests.conftest import (
     HTTP_SECRET,
     INGEST_TOKEN,
     WEBHOOK_SECRET,
     batch,
-    free_port,
 )
+from tests.e2e.service import Bridge, bridge
 from tests.fakes.bot import Attempt, FakeBot, running_bot
 from tests.harness import signed_webhook
 
@@ -71,107 +65,6 @@ def write_products(path: Path, bot_url: str) -> Path:
     return path
 
 
-@dataclass
-class Bridge:
-    """A running service process and a client for it."""
-
-    proc: subprocess.Popen[bytes]
-    client: httpx.Client
-    log_path: Path
-
-    def post_batch(self, product_id: str, body: Any) -> httpx.Response:
-        headers = {"authorization": f"Bearer {INGEST_TOKEN}"}
-        return self.client.post(f"/actions/{product_id}", json=body, headers=headers)
-
-    def post_webhook(self, product_id: str, body: dict[str, Any]) -> httpx.Response:
-        raw, headers = signed_webhook(body, now=time.time())
-        return self.client.post(f"/chatbot-webhook/{product_id}", content=raw, headers=headers)
-
-    def link(self, product_id: str, session_id: str, conversation_id: str) -> None:
-        body = {
-            "event": "conversation.created",
-            "conversation_id": conversation_id,
-            "session_id": session_id,
-        }
-        r = self.post_webhook(product_id, body)
-        assert r.status_code == 200, r.text
-        assert r.json()["status"] == "linked"
-
-    def kill(self) -> None:
-        self.proc.kill()  # SIGKILL: no shutdown hook runs
-        self.proc.wait(timeout=STOP_TIMEOUT_S)
-
-    def log_events(self) -> list[str]:
-        return self.log_path.read_text(errors="replace").splitlines()
-
-
-def _bridge_env(*, port: int, redis_url: str, products_file: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(
-        BRIDGE_HOST="127.0.0.1",
-        BRIDGE_PORT=str(port),
-        BRIDGE_REDIS_URL=redis_url,
-        BRIDGE_PRODUCTS_FILE=str(products_file),
-        BRIDGE_LOG_FORMAT="json",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], client: httpx.Client) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited with code {proc.returncode}")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"the service was not ready within {READY_TIMEOUT_S} s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT_S)
-
-
-def _print_tail(log_path: Path) -> None:
-    lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-    print(f"--- last {len(lines)} lines of {log_path.name} ---", *lines, sep="\n")
-
-
-@contextmanager
-def bridge(*, redis_url: str, products_file: Path, log_path: Path) -> Iterator[Bridge]:
-    """Run ``python -m app serve`` until the block ends; print its log tail if the block fails."""
-    port = free_port()
-    env = _bridge_env(port=port, redis_url=redis_url, products_file=products_file)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as client:
-            _wait_ready(proc, client)
-            yield Bridge(proc, client, log_path)
-    except BaseException:
-        _print_tail(log_path)
-        raise
-    finally:
-        _stop(proc)
-
-
 @pytest.fixture
 def bot() -> Iterator[FakeBot]:
     with running_bot(HTTP_SECRET) as fake:
@@ -181,16 +74,6 @@ def bot() -> Iterator[FakeBot]:
 @pytest.fixture
 def products_file(tmp_path: Path, bot: FakeBot) -> Path:
     return write_products(tmp_path / "products.toml", bot.url)
-
-
-@pytest.fixture
-def clean_redis(redis_url: str) -> str:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return redis_url
 
 
 @pytest.fixture
