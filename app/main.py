@@ -9,10 +9,12 @@ from typing import Any
 
 import httpx
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 import structlog
 from fastapi import FastAPI
 
-from app.api import health, ingest, sessions, webhooks
+from app.api import debug, health, ingest, sessions, webhooks
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.clock import Clock, SystemClock
@@ -38,11 +40,14 @@ def _redis_client(settings: Settings) -> redis.Redis:
         )
         client: redis.Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         return client
+    # Redis runs next to the bridge: fail fast (one quick retry) so a request answers 503
+    # within a platform's webhook deadline instead of hanging on a dead server.
     return redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=5,
+        socket_timeout=3,
+        socket_connect_timeout=2,
         health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
     )
 
 
@@ -124,7 +129,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (ingest, webhooks, sessions, health):
+    for module in (ingest, webhooks, sessions, health, debug):
         app.include_router(module.router)
     return app
 

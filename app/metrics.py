@@ -31,4 +31,4 @@ NOTE_DELIVERY_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
 DUE_SESSIONS = Gauge("bridge_due_sessions", "Sessions with a note waiting in the due queue.")
-DEAD_LETTERS = Gauge("bridge_dead_letters", "Notes moved to the dead-letter lists.")
+DEAD_LETTERS = Gauge("bridge_dead_letters", "Notes in a product's dead-letter list.", ["product"])

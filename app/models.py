@@ -19,6 +19,8 @@ from pydantic import (
 
 # A value at or above this is a millisecond timestamp (1e11 s is the year 5138).
 MILLISECONDS_THRESHOLD = 1e11
+# 9999-12-31 23:59:59 UTC: the last second a note header can show.
+MAX_TIMESTAMP_S = 253_402_300_799
 MAX_ACTIONS_PER_BATCH = 1000
 MAX_PAYLOADS_PER_REQUEST = 100
 
@@ -55,7 +57,12 @@ class SlimAction(BaseModel):
     @field_validator("timestamp_start", "timestamp_end")
     @classmethod
     def _milliseconds_to_seconds(cls, value: float | None) -> float | None:
-        return None if value is None else to_seconds(value)
+        if value is None:
+            return None
+        seconds = to_seconds(value)
+        if seconds > MAX_TIMESTAMP_S:
+            raise ValueError("must be a Unix time in seconds or milliseconds before the year 10000")
+        return seconds
 
 
 class ActionsPayload(BaseModel):
@@ -161,11 +168,14 @@ def validation_fields(exc: ValidationError, *, tagged: bool = False) -> list[dic
     return fields
 
 
+def is_array_body(body: bytes) -> bool:
+    return body.lstrip()[:1] == b"["
+
+
 def parse_ingest(body: bytes) -> list[ActionsPayload | SummaryPayload]:
     """Validate an ingest body (one payload or an array of them); raises InvalidPayload."""
-    is_array = body.lstrip()[:1] == b"["
     try:
-        if is_array:
+        if is_array_body(body):
             return PAYLOAD_LIST_ADAPTER.validate_json(body)
         return [PAYLOAD_ADAPTER.validate_json(body)]
     except ValidationError as exc:

@@ -10,6 +10,7 @@ import httpx
 from fastapi import Depends, Request
 
 from app.api.errors import ApiError
+from app.auth import is_admin
 from app.clock import Clock
 from app.delivery.worker import DeliveryWorker
 from app.platforms.base import Platform
@@ -83,3 +84,15 @@ def _too_large(limit: int) -> ApiError:
 
 
 JsonBody = Annotated[bytes, Depends(json_body)]
+
+
+def require_admin(request: Request, services: ServicesDep) -> None:
+    """``/debug/*`` exists only when BRIDGE_ADMIN_TOKEN is set, and needs that token."""
+    admin_token = services.settings.admin_token
+    if not admin_token:
+        raise ApiError(404, "not_found", "Not Found")
+    if not is_admin(request.headers, admin_token):
+        raise ApiError(401, "unauthorized", "the admin token is required")
+
+
+AdminDep = Annotated[None, Depends(require_admin)]

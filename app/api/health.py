@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app import metrics
 from app.api.deps import ServicesDep
+from app.store.redis_store import StoreUnavailable
 
 router = APIRouter(tags=["operations"])
 
@@ -33,6 +37,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(services: ServicesDep) -> Response:
     """Prometheus text exposition."""
+    # Queue sizes are read from the store at scrape time, so every replica reports the truth.
+    with contextlib.suppress(StoreUnavailable):
+        store = services.store
+        metrics.DUE_SESSIONS.set(await store.due_count())
+        for product_id in services.products:
+            count = await store.dead_letter_count(product_id)
+            metrics.DEAD_LETTERS.labels(product_id).set(count)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,14 @@ from app import metrics
 from app.api.deps import JsonBody, ProductDep, ServicesDep
 from app.api.errors import ApiError
 from app.auth import ingest_allowed
-from app.models import ActionsPayload, IngestResponse, InvalidPayload, SummaryPayload, parse_ingest
+from app.models import (
+    ActionsPayload,
+    IngestResponse,
+    InvalidPayload,
+    SummaryPayload,
+    is_array_body,
+    parse_ingest,
+)
 from app.products import ProductConfig
 from app.store.redis_store import IngestOutcome
 
@@ -33,7 +40,7 @@ def _parse(product: ProductConfig, body: bytes) -> list[ActionsPayload | Summary
         ) from exc
     for i, payload in enumerate(payloads):
         if payload.product_id is not None and payload.product_id != product.id:
-            loc = f"[{i}].product_id" if len(payloads) > 1 else "product_id"
+            loc = f"[{i}].product_id" if is_array_body(body) else "product_id"
             raise _reject(
                 product,
                 "invalid",

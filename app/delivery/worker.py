@@ -204,8 +204,6 @@ class DeliveryWorker:
         if product is None:
             return  # an unconfigured product's sessions wait in the store until it returns
         metrics.NOTE_FAILURES.labels(product.id, product.platform, type(exc).__name__).inc()
-        if mode == "dead":
-            metrics.DEAD_LETTERS.inc()
         try:
             await self._store.fail(
                 claim, product, mode=mode, error=error, retry_at=retry_at, now=self._clock.now()

@@ -141,12 +141,16 @@ class RedisStore:
     async def run(self, name: ScriptName, script_keys: list[str], args: list[Any]) -> Any:
         return (await self.run_many([(name, script_keys, args)]))[0]
 
-    async def load_scripts(self) -> None:
+    async def _read(self, coro: Any) -> Any:
+        """Await one plain Redis call, translating its failure."""
         try:
-            for script in self._scripts.values():
-                await self._redis.script_load(script.source)
+            return await coro
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
+
+    async def load_scripts(self) -> None:
+        for script in self._scripts.values():
+            await self._read(self._redis.script_load(script.source))
 
     async def ping(self) -> bool:
         try:
@@ -279,17 +283,13 @@ class RedisStore:
     async def first_delivery(self, product_id: str, delivery_id: str) -> bool:
         """Record a webhook delivery id; False when it was seen in the last 24 h."""
         key = keys.webhook_dedupe_key(product_id, delivery_id)
-        try:
-            return bool(await self._redis.set(key, 1, nx=True, ex=keys.WEBHOOK_DEDUPE_TTL_S))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return bool(
+            await self._read(self._redis.set(key, 1, nx=True, ex=keys.WEBHOOK_DEDUPE_TTL_S))
+        )
 
     async def forget_delivery(self, product_id: str, delivery_id: str) -> None:
         """Undo first_delivery when the webhook could not be processed (so a retry is not a dup)."""
-        try:
-            await self._redis.delete(keys.webhook_dedupe_key(product_id, delivery_id))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        await self._read(self._redis.delete(keys.webhook_dedupe_key(product_id, delivery_id)))
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -383,8 +383,65 @@ class RedisStore:
         return bool(await self.run("fail", [keys.DUE, keys.dead_letter_key(product.id)], args))
 
     async def next_due_at(self) -> float | None:
-        try:
-            head = await self._redis.zrange(keys.DUE, 0, 0, withscores=True)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        head = await self._read(self._redis.zrange(keys.DUE, 0, 0, withscores=True))
         return float(head[0][1]) / 1000 if head else None
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def dead_letters(self, product_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters of a product, newest first."""
+        raw = await self._read(self._redis.lrange(keys.dead_letter_key(product_id), 0, limit - 1))
+        return [json.loads(entry) for entry in raw]
+
+    async def dead_letter_count(self, product_id: str) -> int:
+        return int(await self._read(self._redis.llen(keys.dead_letter_key(product_id))))
+
+    async def due_count(self) -> int:
+        return int(await self._read(self._redis.zcard(keys.DUE)))
+
+    async def replay_dead_letters(
+        self, product: ProductConfig, *, now: float, limit: int = 100
+    ) -> int:
+        """Queue the oldest dead letters again; returns how many were requeued."""
+        dead_key = keys.dead_letter_key(product.id)
+        entries = await self._read(self._redis.lrange(dead_key, -limit, -1))
+        calls = [self._requeue_call(product, entry, now) for entry in reversed(entries)]
+        results = await self.run_many(calls) if calls else []
+        return sum(int(r) for r in results)
+
+    def _requeue_call(
+        self, product: ProductConfig, entry: bytes, now: float
+    ) -> tuple[ScriptName, list[str], list[Any]]:
+        letter = json.loads(entry)
+        args: list[Any] = [
+            _ms(now),
+            keys.due_member(product.id, letter["session_id"]),
+            entry,
+            letter.get("summary") or "",
+            *self._timings(product),
+            keys.UNLINKED_BUFFER_TTL_S,
+        ]
+        for action in letter.get("actions", []):
+            payload = json.dumps(action, ensure_ascii=False, separators=(",", ":"))
+            args += [repr(float(action["timestamp_start"])), payload]
+        return "requeue", [keys.dead_letter_key(product.id), keys.DUE], args
+
+    async def session_view(self, product_id: str, session_id: str) -> dict[str, Any] | None:
+        """Everything the store holds for one session (for operators)."""
+        state_key, pre, out, _, notes = keys.session_keys(product_id, session_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(state_key)
+        pipe.zrange(pre, 0, -1)
+        pipe.zrange(out, 0, -1)
+        pipe.lrange(notes, 0, -1)
+        pipe.zscore(keys.DUE, keys.due_member(product_id, session_id))
+        state, pre_members, out_members, note_ids, due_ms = await self._read(pipe.execute())
+        if not state:
+            return None
+        return {
+            "state": {k.decode(): v.decode() for k, v in state.items()},
+            "pre_link_buffer": [a.data for a in in_arrival_order(pre_members)],
+            "outbox": [a.data for a in in_arrival_order(out_members)],
+            "posted_note_ids": [n.decode() for n in note_ids],
+            "next_note_due_at": None if due_ms is None else due_ms / 1000,
+        }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
-ScriptName = Literal["ingest", "link", "resolve", "claim", "ack", "fail", "summary"]
+ScriptName = Literal["ingest", "link", "resolve", "claim", "ack", "fail", "summary", "requeue"]
 SCRIPT_NAMES: tuple[ScriptName, ...] = (
     "ingest",
     "link",
@@ -16,6 +16,7 @@ SCRIPT_NAMES: tuple[ScriptName, ...] = (
     "ack",
     "fail",
     "summary",
+    "requeue",
 )
 
 

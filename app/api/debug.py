@@ -1,0 +1,61 @@
+"""``/debug/*``: what the bridge holds, for operators (admin token only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import AdminDep, ProductDep, ServicesDep
+from app.api.errors import ApiError
+from app.products import masked_view
+
+router = APIRouter(prefix="/debug", tags=["debug"])
+
+
+@router.get("/products")
+async def list_products(_: AdminDep, services: ServicesDep) -> dict[str, Any]:
+    """Every configured product, secrets masked."""
+    return {"products": [masked_view(p) for p in services.products.values()]}
+
+
+@router.get("/sessions/{product_id}/{session_id}")
+async def show_session(
+    _: AdminDep, product: ProductDep, session_id: str, services: ServicesDep
+) -> dict[str, Any]:
+    """One session's full stored state: link, buffers, outbox, posted note ids, timers."""
+    view = await services.store.session_view(product.id, session_id)
+    if view is None:
+        raise ApiError(404, "unknown_session", f"no stored state for session {session_id!r}")
+    return {"product_id": product.id, "session_id": session_id, **view}
+
+
+@router.get("/dead-letters/{product_id}")
+async def list_dead_letters(
+    _: AdminDep,
+    product: ProductDep,
+    services: ServicesDep,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> dict[str, Any]:
+    """Notes that could not be delivered, newest first, with their actions and error."""
+    store = services.store
+    return {
+        "product_id": product.id,
+        "total": await store.dead_letter_count(product.id),
+        "dead_letters": await store.dead_letters(product.id, limit=limit),
+    }
+
+
+@router.post("/dead-letters/{product_id}/replay")
+async def replay_dead_letters(
+    _: AdminDep,
+    product: ProductDep,
+    services: ServicesDep,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> dict[str, Any]:
+    """Queue the oldest dead letters for delivery again."""
+    replayed = await services.store.replay_dead_letters(
+        product, now=services.clock.now(), limit=limit
+    )
+    services.worker.notify(services.clock.now())
+    return {"product_id": product.id, "replayed": replayed}
