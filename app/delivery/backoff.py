@@ -16,6 +16,7 @@ def retry_delay_s(
     """Delay before try ``attempt + 1`` (attempt counts from 1): 0.5 s doubling to 60 s,
     jittered down to half so replicas that failed together do not retry together, and never
     sooner than the platform's own wait hint."""
-    ceiling = min(MAX_DELAY_S, BASE_DELAY_S * 2.0 ** max(0, attempt - 1))
+    doublings = min(max(0, attempt - 1), 16)  # 0.5 * 2**16 is far past the cap already
+    ceiling = min(MAX_DELAY_S, BASE_DELAY_S * 2.0**doublings)
     delay = ceiling * (0.5 + rand() / 2)
     return max(delay, hint_s) if hint_s is not None else delay

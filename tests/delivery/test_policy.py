@@ -261,3 +261,28 @@ async def test_summary_is_posted_after_the_queued_action_notes(
     assert [n["kind"] for n in sent] == ["actions", "actions", "summary"]
     assert sent[2]["body"].endswith("\n\nSum.")
     assert sent[2]["body"].startswith("session_id: s1\ntimestamp: 2023-11-14 22:13:21 UTC")
+
+
+async def test_retries_give_up_into_the_dead_letter_list_after_a_day(
+    redis_client, clock: ManualClock
+) -> None:
+    product = make_product(post_link_debounce_s=0)
+    with respx.mock() as mock:
+        route = mock.post(NOTES_URL).mock(return_value=httpx.Response(503))
+        async with running_app(products=[product], clock=clock, redis_client=redis_client) as h:
+            await link(h)
+            await h.post_batch("acme", batch("s1", ("A", T0)))
+            attempts = 0
+            for _ in range(1500):  # a day of 60 s retries, jumping the clock between them
+                attempts += await h.deliver()
+                clock.advance(61)
+                if await redis_client.llen(keys.dead_letter_key("acme")):
+                    break
+    # 0.5 s doubling to 60 s, then once a minute for 24 h: about 1440 attempts.
+    assert 1400 < attempts < 1500
+    assert route.call_count == attempts
+    (entry,) = await redis_client.lrange(keys.dead_letter_key("acme"), 0, -1)
+    letter = json.loads(entry)
+    assert letter["attempts"] == attempts
+    assert letter["failed_at"] - letter["first_failure_at"] >= 24 * 3600
+    assert [a["description"] for a in letter["actions"]] == ["A"]
