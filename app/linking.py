@@ -32,9 +32,15 @@ async def link_session(
     conversation_id: str,
     event: LinkEvent | None,
     now: float,
+    user_message: bool = False,
 ) -> LinkResult:
     outcome = await store.link(
-        product, session_id=session_id, conversation_id=conversation_id, event=event, now=now
+        product,
+        session_id=session_id,
+        conversation_id=conversation_id,
+        event=event,
+        now=now,
+        user_message=user_message,
     )
     if not outcome.linked:
         return LinkResult("already_linked", session_id, outcome.conversation_id)
@@ -74,4 +80,5 @@ async def link_from_webhook(
         conversation_id=conversation_id,
         event=event.event,
         now=now,
+        user_message=True,
     )

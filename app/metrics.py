@@ -25,6 +25,11 @@ NOTES_POSTED = Counter(
 NOTE_FAILURES = Counter(
     "bridge_note_failures_total", "Failed note posts.", ["product", "platform", "error"]
 )
+REDACTIONS = Counter(
+    "bridge_note_redactions_total",
+    "Action notes a summary replaced, by redaction result.",
+    ["product", "platform", "result"],
+)
 NOTE_DELIVERY_SECONDS = Histogram(
     "bridge_note_delivery_seconds",
     "First queued action to note confirmed.",

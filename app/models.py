@@ -193,6 +193,14 @@ class LinkRequest(BaseModel):
     event: Literal["new", "reply_existing"] | None = None
 
 
+class ProactiveRequest(BaseModel):
+    """Body of ``POST /sessions/{product_id}/{session_id}/proactive``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trigger_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
 class IngestResponse(BaseModel):
     status: Literal["accepted"] = "accepted"
     accepted: int

@@ -28,6 +28,7 @@ class ApiError(Exception):
         *,
         fields: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -35,6 +36,7 @@ class ApiError(Exception):
         self.detail = detail
         self.fields = fields
         self.headers = headers
+        self.extra = extra
 
 
 def error_response(
@@ -44,8 +46,9 @@ def error_response(
     *,
     fields: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> JSONResponse:
-    content: dict[str, object] = {"error": code, "detail": detail}
+    content: dict[str, object] = {"error": code, "detail": detail, **(extra or {})}
     if fields is not None:
         content["fields"] = fields
     return JSONResponse(content, status_code=status, headers=headers)
@@ -53,7 +56,9 @@ def error_response(
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.detail, fields=exc.fields, headers=exc.headers)
+    return error_response(
+        exc.status, exc.code, exc.detail, fields=exc.fields, headers=exc.headers, extra=exc.extra
+    )
 
 
 async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:

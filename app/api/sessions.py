@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from app.api.deps import JsonBody, ServicesDep, get_product
+from app.api.deps import JsonBody, ProductDep, Services, ServicesDep, get_product
 from app.api.errors import ApiError
 from app.auth import ingest_allowed, is_admin
 from app.linking import link_session
-from app.models import LinkRequest, WebhookResponse, validation_fields
+from app.models import LinkRequest, ProactiveRequest, WebhookResponse, validation_fields
 from app.platforms.base import LinkEvent
+from app.products import ProductConfig
+from app.store.redis_store import SessionState
 
 router = APIRouter(tags=["sessions"])
 
@@ -28,9 +32,7 @@ async def link(body: JsonBody, request: Request, services: ServicesDep) -> Webho
             fields=validation_fields(exc),
         ) from exc
     product = get_product(link_request.product_id, services)
-    admin = is_admin(request.headers, services.settings.admin_token)
-    if not (admin or ingest_allowed(product, request.headers, body)):
-        raise ApiError(401, "unauthorized", "the product's ingest credentials are required")
+    _authorize(request, services, product, body)
     result = await link_session(
         services.store,
         product,
@@ -43,3 +45,75 @@ async def link(body: JsonBody, request: Request, services: ServicesDep) -> Webho
     return WebhookResponse(
         status=result.status, session_id=result.session_id, conversation_id=result.conversation_id
     )
+
+
+def _authorize(request: Request, services: Services, product: ProductConfig, body: bytes) -> None:
+    if is_admin(request.headers, services.settings.admin_token):
+        return
+    if not ingest_allowed(product, request.headers, body):
+        raise ApiError(401, "unauthorized", "the product's ingest credentials are required")
+
+
+def _state_json(state: SessionState) -> dict[str, Any]:
+    return {
+        "session_id": state.session_id,
+        "product_id": state.product_id,
+        "conversation_linked": state.conversation_id is not None,
+        "conversation_id": state.conversation_id,
+        "metadata": {"user_id": state.user_id, "email": state.email},
+        "current_state": state.current_state,
+        "last_interaction_at": state.last_interaction_at,
+        "cooldown_until": state.cooldown_until,
+        "can_deliver_proactive": state.can_deliver_proactive,
+        "proactive_reason": state.proactive_reason,
+        "pending_actions": state.pending_actions,
+        "queued_actions": state.queued_actions,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+    }
+
+
+@router.get("/sessions/{product_id}/{session_id}")
+async def session_state(
+    product: ProductDep, session_id: str, request: Request, services: ServicesDep
+) -> dict[str, Any]:
+    """A session's link, FSM state and proactive gate (auth: ingest credentials or admin)."""
+    _authorize(request, services, product, b"")
+    state = await services.store.session_state(product, session_id, now=services.clock.now())
+    if state is None:
+        raise ApiError(404, "unknown_session", f"no session {session_id!r} for {product.id!r}")
+    return _state_json(state)
+
+
+@router.post("/sessions/{product_id}/{session_id}/proactive")
+async def start_proactive(
+    product: ProductDep,
+    session_id: str,
+    body: JsonBody,
+    request: Request,
+    services: ServicesDep,
+) -> dict[str, Any]:
+    """Enter proactive_assistance when the gate allows it; 409 with the reason otherwise."""
+    _authorize(request, services, product, body)
+    try:
+        trigger = ProactiveRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise ApiError(
+            422, "invalid_payload", "the request failed validation", fields=validation_fields(exc)
+        ) from exc
+    store, now = services.store, services.clock.now()
+    allowed, reason = await store.start_proactive(
+        product, session_id, trigger_id=trigger.trigger_id, now=now
+    )
+    if allowed is None:
+        raise ApiError(404, "unknown_session", f"no session {session_id!r} for {product.id!r}")
+    if not allowed:
+        raise ApiError(
+            409,
+            "proactive_not_allowed",
+            f"the session cannot go proactive: {reason}",
+            extra={"reason": reason},
+        )
+    state = await store.session_state(product, session_id, now=now)
+    assert state is not None
+    return _state_json(state)

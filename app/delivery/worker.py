@@ -26,7 +26,7 @@ from app.platforms.base import (
     RetryableDeliveryError,
 )
 from app.products import ProductConfig
-from app.store.redis_store import Claim, FailMode, RedisStore, StoreUnavailable
+from app.store.redis_store import Claim, FailMode, PostedNote, RedisStore, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -179,7 +179,7 @@ class DeliveryWorker:
             await self._record_failure(claim, product, exc, bound)
             return
         try:
-            await self._store.ack(claim, product, note_id=note_id, now=self._clock.now())
+            outcome = await self._store.ack(claim, product, note_id=note_id, now=self._clock.now())
         except StoreUnavailable as exc:
             # The note is posted but not acknowledged: the lease runs out and the note may
             # be posted again (at-least-once, SPEC §8).
@@ -187,6 +187,25 @@ class DeliveryWorker:
             return
         metrics.NOTES_POSTED.labels(product.id, product.platform, note.kind).inc()
         bound.info("note_delivered", kind=note.kind, note_id=note_id, actions=len(note.actions))
+        await self._redact(platform, product, outcome.replaced, bound)
+
+    async def _redact(
+        self,
+        platform: Platform,
+        product: ProductConfig,
+        notes: list[PostedNote],
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        """Best effort: a confirmed summary replaces these notes; a failure is counted and
+        logged, never retried (the summary is already there)."""
+        for posted in notes:
+            try:
+                await platform.redact_note(posted.conversation_id, posted.note_id)
+            except Exception as exc:  # counted and logged; redaction is best effort
+                metrics.REDACTIONS.labels(product.id, product.platform, "failed").inc()
+                bound.warning("note_redaction_failed", note_id=posted.note_id, error=repr(exc))
+            else:
+                metrics.REDACTIONS.labels(product.id, product.platform, "redacted").inc()
 
     async def _record_failure(
         self,

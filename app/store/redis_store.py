@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import redis.asyncio as redis
@@ -77,12 +77,54 @@ class Claim:
         return in_arrival_order(self.members)
 
 
+@dataclass(frozen=True, slots=True)
+class PostedNote:
+    kind: Literal["actions", "summary"]
+    conversation_id: str
+    note_id: str
+
+    @classmethod
+    def parse(cls, entry: bytes) -> PostedNote:
+        tag, conversation_id, note_id = entry.decode().split("\x1f", 2)
+        return cls("summary" if tag == "s" else "actions", conversation_id, note_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AckOutcome:
+    acked: bool  # False: the lease was lost to another process
+    replaced: list[PostedNote]  # action notes a confirmed summary replaces (to redact)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """SPEC §5.6, with FSM timeouts applied as of the read."""
+
+    session_id: str
+    product_id: str
+    conversation_id: str | None
+    user_id: str | None
+    email: str | None
+    current_state: str
+    last_interaction_at: float | None
+    cooldown_until: float | None
+    can_deliver_proactive: bool
+    proactive_reason: str
+    pending_actions: int
+    queued_actions: int
+    created_at: float | None
+    updated_at: float | None
+
+
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
 def _due(value: int) -> float | None:
     return None if value < 0 else value / 1000
+
+
+def _float(value: str | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -241,7 +283,9 @@ class RedisStore:
         conversation_id: str,
         event: LinkEvent | None,
         now: float,
+        user_message: bool = False,
     ) -> LinkOutcome:
+        """Link (SPEC §5.4); a user message also moves the FSM to reactive_assistance."""
         state, pre, out = keys.session_keys(product.id, session_id)[:3]
         status, previous, due = await self.run(
             "link",
@@ -252,6 +296,7 @@ class RedisStore:
                 conversation_id,
                 event.value if event else "",
                 *self._timings(product),
+                int(user_message),
             ],
         )
         linked = status == b"linked"
@@ -322,8 +367,8 @@ class RedisStore:
 
     async def ack(
         self, claim: Claim, product: ProductConfig, *, note_id: str | None, now: float
-    ) -> bool:
-        """Record a confirmed note; False when the lease was lost to another process."""
+    ) -> AckOutcome:
+        """Record a confirmed note and schedule what is left."""
         args: list[Any] = [
             _ms(now),
             claim.member,
@@ -335,9 +380,12 @@ class RedisStore:
             keys.SESSION_TTL_S,
             keys.POSTED_NOTE_IDS_KEPT,
             claim.summary,
+            claim.conversation_id,
             *claim.members,
         ]
-        return bool(await self.run("ack", [keys.DUE], args))
+        result = await self.run("ack", [keys.DUE], args)
+        replaced = [PostedNote.parse(e) for e in result[1]] if len(result) > 1 else []
+        return AckOutcome(bool(result[0]), replaced)
 
     async def fail(
         self,
@@ -385,6 +433,47 @@ class RedisStore:
     async def next_due_at(self) -> float | None:
         head = await self._read(self._redis.zrange(keys.DUE, 0, 0, withscores=True))
         return float(head[0][1]) / 1000 if head else None
+
+    # -- session state ----------------------------------------------------------------------
+
+    def _fsm_args(self, product: ProductConfig, now: float) -> list[Any]:
+        return [_ms(now), repr(product.interaction_timeout_s), repr(product.cooldown_period_s)]
+
+    async def session_state(
+        self, product: ProductConfig, session_id: str, *, now: float
+    ) -> SessionState | None:
+        state_key, pre, out = keys.session_keys(product.id, session_id)[:3]
+        row = await self.run("session", [state_key, pre, out], self._fsm_args(product, now))
+        if row is None:
+            return None
+        flat, pending, queued, allowed, reason = row
+        fields = {k.decode(): v.decode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        return SessionState(
+            session_id=session_id,
+            product_id=product.id,
+            conversation_id=fields.get("conv"),
+            user_id=fields.get("uid"),
+            email=fields.get("email"),
+            current_state=fields.get("fsm", "thinking"),
+            last_interaction_at=_float(fields.get("last_interaction_at")),
+            cooldown_until=_float(fields.get("cooldown_until")),
+            can_deliver_proactive=bool(allowed),
+            proactive_reason=reason.decode(),
+            pending_actions=int(pending),
+            queued_actions=int(queued),
+            created_at=_float(fields.get("created")),
+            updated_at=_float(fields.get("updated")),
+        )
+
+    async def start_proactive(
+        self, product: ProductConfig, session_id: str, *, trigger_id: str, now: float
+    ) -> tuple[bool | None, str]:
+        """Enter proactive_assistance if allowed: (True, "ok"), (False, reason), or
+        (None, "unknown_session")."""
+        state_key = keys.session_keys(product.id, session_id)[0]
+        args = [*self._fsm_args(product, now), trigger_id, keys.SESSION_TTL_S]
+        code, reason = await self.run("proactive", [state_key], args)
+        return (None if int(code) < 0 else bool(int(code))), reason.decode()
 
     # -- operations -------------------------------------------------------------------------
 
@@ -442,6 +531,6 @@ class RedisStore:
             "state": {k.decode(): v.decode() for k, v in state.items()},
             "pre_link_buffer": [a.data for a in in_arrival_order(pre_members)],
             "outbox": [a.data for a in in_arrival_order(out_members)],
-            "posted_note_ids": [n.decode() for n in note_ids],
+            "posted_notes": [asdict(PostedNote.parse(n)) for n in note_ids],
             "next_note_due_at": None if due_ms is None else due_ms / 1000,
         }

@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Literal, get_args
 
-ScriptName = Literal["ingest", "link", "resolve", "claim", "ack", "fail", "summary", "requeue"]
-SCRIPT_NAMES: tuple[ScriptName, ...] = (
+ScriptName = Literal[
     "ingest",
     "link",
     "resolve",
@@ -17,7 +16,10 @@ SCRIPT_NAMES: tuple[ScriptName, ...] = (
     "fail",
     "summary",
     "requeue",
-)
+    "session",
+    "proactive",
+]
+SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
 
 
 @dataclass(frozen=True, slots=True)

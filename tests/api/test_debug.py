@@ -67,7 +67,9 @@ async def test_session_view_shows_buffers_link_and_note_ids(
     assert after["state"]["conv"] == "c1"
     assert after["pre_link_buffer"] == []
     assert [a["description"] for a in after["outbox"]] == ["B"]
-    assert after["posted_note_ids"] == ["note-7"]
+    assert after["posted_notes"] == [
+        {"kind": "actions", "conversation_id": "c1", "note_id": "note-7"}
+    ]
     assert after["next_note_due_at"] == clock.now() + 0.15
     assert missing.status_code == 404
 

@@ -41,7 +41,7 @@ async def test_actions_arriving_while_a_note_is_in_flight_go_into_the_next_note(
     (first,) = await claim(store, T0 + 0.2)
     await store.ingest(PRODUCT, actions("s1", ("B", T0 + 1)), now=T0 + 0.25)
     assert await claim(store, T0 + 0.5) == []  # one note in flight per session
-    assert await store.ack(first, PRODUCT, note_id="n1", now=T0 + 0.3)
+    assert (await store.ack(first, PRODUCT, note_id="n1", now=T0 + 0.3)).acked
     (second,) = await claim(store, T0 + 0.5)
     assert described(first) == ["A"]
     assert described(second) == ["B"]
@@ -62,8 +62,8 @@ async def test_an_ack_after_the_lease_moved_on_changes_nothing(store: RedisStore
     (stale,) = await claim(store, T0 + 1)
     (fresh,) = await claim(store, T0 + 32)  # the first holder's lease ran out
     assert described(fresh) == ["A"]
-    assert not await store.ack(stale, PRODUCT, note_id="late", now=T0 + 33)
-    assert await store.ack(fresh, PRODUCT, note_id="n", now=T0 + 33)
+    assert not (await store.ack(stale, PRODUCT, note_id="late", now=T0 + 33)).acked
+    assert (await store.ack(fresh, PRODUCT, note_id="n", now=T0 + 33)).acked
     assert await claim(store, T0 + 100) == []
 
 
@@ -139,5 +139,5 @@ async def test_the_embedded_store_runs_the_same_scripts() -> None:
     assert linked.linked
     (c,) = await claim(embedded, T0)
     assert c.source == "pre" and described(c) == ["A", "B"]
-    assert await embedded.ack(c, PRODUCT, note_id="n", now=T0)
+    assert (await embedded.ack(c, PRODUCT, note_id="n", now=T0)).acked
     assert await claim(embedded, T0 + 100) == []

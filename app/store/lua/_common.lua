@@ -81,3 +81,28 @@ local function touch(st, now, ttl_s)
   redis.call('HSET', st, 'updated', fmt(now / 1000))
   redis.call('EXPIRE', st, ttl_s)
 end
+
+-- Session FSM (SPEC §5.6), times in epoch seconds. Timeouts are applied whenever the state is
+-- read or changed, so no timer is needed: proactive/reactive fall back to thinking
+-- interaction_timeout after the last interaction, and a cooldown starts at that moment.
+local function fsm_normalize(st, now_s, timeout_s, cooldown_s)
+  local f = redis.call('HMGET', st, 'fsm', 'last_interaction_at')
+  local state = f[1] or 'thinking'
+  if state ~= 'thinking' then
+    local last = num(f[2]) or now_s
+    if now_s - last >= timeout_s then
+      redis.call('HSET', st, 'fsm', 'thinking', 'cooldown_until', fmt(last + timeout_s + cooldown_s))
+      state = 'thinking'
+    end
+  end
+  return state
+end
+
+-- May a proactive message start now? Returns allowed, reason (SPEC §5.6 reasons).
+local function proactive_gate(st, now_s, timeout_s, cooldown_s)
+  local state = fsm_normalize(st, now_s, timeout_s, cooldown_s)
+  if state ~= 'thinking' then return false, 'v2_state_' .. state end
+  local cooldown_until = num(redis.call('HGET', st, 'cooldown_until'))
+  if cooldown_until and cooldown_until > now_s then return false, 'v2_cooldown_active' end
+  return true, 'ok'
+end

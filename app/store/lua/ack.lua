@@ -1,30 +1,44 @@
 -- The platform confirmed a note: remove exactly what it carried and schedule what is left.
+-- A confirmed summary replaces the session's earlier action notes: their ids are returned
+-- (and forgotten) for the caller to redact.
 -- KEYS: due    ARGV: now_ms member token kind note_id debounce_ms max_wait_ms session_ttl_s
---                    notes_kept summary, then the note's action members
+--                    notes_kept summary conversation_id, then the note's action members
+-- Posted notes are kept as "<a|s>\31<conversation>\31<note id>" (a: actions, s: summary).
 local due_key = KEYS[1]
 local now, member, token, kind = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local note_id, debounce, max_wait = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local session_ttl, notes_kept = ARGV[8], tonumber(ARGV[9])
 local st, pre, out, prefix = session_keys(member)
 -- Another process took the session over after our lease ran out: it owns the work now.
-if redis.call('HGET', st, 'lease') ~= token then return 0 end
+if redis.call('HGET', st, 'lease') ~= token then return {0} end
 end_flight(st, false)
 if kind == 'pre' then
-  zrem_from(pre, ARGV, 11)
+  zrem_from(pre, ARGV, 12)
   if redis.call('ZCARD', pre) == 0 then redis.call('HDEL', st, 'flush') end
 elseif kind == 'out' then
-  zrem_from(out, ARGV, 11)
+  zrem_from(out, ARGV, 12)
 elseif redis.call('HGET', st, 'summary') == ARGV[10] then
   redis.call('HDEL', st, 'summary')
 end
 redis.call('HDEL', st, 'did', 'att', 'fail0', 'retry_at', 'err')
+local notes = prefix .. 'notes'
+local replaced = {}
+if kind == 'summary' then
+  for _, entry in ipairs(redis.call('LRANGE', notes, 0, -1)) do
+    if string.sub(entry, 1, 2) == 'a\31' then
+      replaced[#replaced + 1] = entry
+      redis.call('LREM', notes, 1, entry)
+    end
+  end
+end
 if note_id ~= '' then
-  local notes = prefix .. 'notes'
-  redis.call('RPUSH', notes, note_id)
+  local tag = 'a'
+  if kind == 'summary' then tag = 's' end
+  redis.call('RPUSH', notes, tag .. '\31' .. ARGV[11] .. '\31' .. note_id)
   redis.call('LTRIM', notes, -notes_kept, -1)
   redis.call('EXPIRE', notes, session_ttl)
 end
 if redis.call('ZCARD', out) > 0 then redis.call('HSETNX', st, 'qf', fmt(now)) end
 touch(st, now, session_ttl)
 schedule(st, pre, out, due_key, member, now, debounce, max_wait)
-return 1
+return {1, replaced}

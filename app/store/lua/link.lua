@@ -1,10 +1,15 @@
--- Link a session to a conversation (SPEC §5.4).
+-- Link a session to a conversation (SPEC §5.4). A user message (a platform webhook) also moves
+-- the session to reactive_assistance, whether or not the link changes.
 -- KEYS: state pre out due    ARGV: now_ms member conversation_id event debounce_ms max_wait_ms
---                                  session_ttl_s
+--                                  session_ttl_s user_message
 local st, pre, out, due_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, member, conv, event = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local debounce, max_wait, session_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 
+if ARGV[8] == '1' then
+  redis.call('HSET', st, 'fsm', 'reactive_assistance', 'last_interaction_at', fmt(now / 1000))
+  touch(st, now, session_ttl)
+end
 local current = redis.call('HGET', st, 'conv')
 -- Repeating a link in place is a no-op, and a reply never moves a linked session.
 if current == conv or (current and event == 'reply_existing') then
