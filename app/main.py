@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 import structlog
 from fastapi import FastAPI
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from app.api import debug, health, ingest, sessions, webhooks
 from app.api.deps import Services
