@@ -43,3 +43,5 @@ def configure_logging(*, fmt: str = "json", level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # httpx logs every outbound request at INFO; the worker logs deliveries itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -17,6 +17,7 @@ from redis.backoff import ExponentialBackoff
 from app.api import debug, health, ingest, sessions, webhooks
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
+from app.api.middleware import RequestContextMiddleware
 from app.clock import Clock, SystemClock
 from app.delivery.worker import DeliveryWorker
 from app.logs import configure_logging
@@ -129,6 +130,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
     for module in (ingest, webhooks, sessions, health, debug):
         app.include_router(module.router)
     return app

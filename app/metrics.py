@@ -35,5 +35,11 @@ NOTE_DELIVERY_SECONDS = Histogram(
     "First queued action to note confirmed.",
     buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
+HTTP_REQUEST_SECONDS = Histogram(
+    "bridge_http_request_duration_seconds",
+    "HTTP requests by route template and status.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 DUE_SESSIONS = Gauge("bridge_due_sessions", "Sessions with a note waiting in the due queue.")
 DEAD_LETTERS = Gauge("bridge_dead_letters", "Notes in a product's dead-letter list.", ["product"])

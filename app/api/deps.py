@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import httpx
+import structlog
 from fastapi import Depends, Request
 
 from app.api.errors import ApiError
@@ -36,7 +37,9 @@ class Services:
     worker_task: asyncio.Task[None] | None = None
 
 
-def get_services(request: Request) -> Services:
+# Dependencies are ``async`` so FastAPI runs them in the request's task (a sync one would run
+# in a thread pool, which costs time and loses the log context it binds).
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -44,11 +47,17 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_product(product_id: str, services: ServicesDep) -> ProductConfig:
+def lookup_product(services: Services, product_id: str) -> ProductConfig:
+    """The configured product (404 otherwise), bound into the request's log context."""
     product = services.products.get(product_id)
     if product is None:
         raise ApiError(404, "unknown_product", f"no product {product_id!r} is configured")
+    structlog.contextvars.bind_contextvars(product_id=product_id)
     return product
+
+
+async def get_product(product_id: str, services: ServicesDep) -> ProductConfig:
+    return lookup_product(services, product_id)
 
 
 ProductDep = Annotated[ProductConfig, Depends(get_product)]
@@ -86,7 +95,7 @@ def _too_large(limit: int) -> ApiError:
 JsonBody = Annotated[bytes, Depends(json_body)]
 
 
-def require_admin(request: Request, services: ServicesDep) -> None:
+async def require_admin(request: Request, services: ServicesDep) -> None:
     """``/debug/*`` exists only when BRIDGE_ADMIN_TOKEN is set, and needs that token."""
     admin_token = services.settings.admin_token
     if not admin_token:

@@ -88,6 +88,8 @@ async def ingest_actions(
             ),
         )
     payloads = _parse(product, body)
+    if len(payloads) == 1:
+        structlog.contextvars.bind_contextvars(session_id=payloads[0].sid)
     outcomes = await services.store.ingest(product, payloads, now=services.clock.now())
     _count(product, outcomes)
     due = [o.due_at for o in outcomes if o.due_at is not None]

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from app.api.deps import JsonBody, ProductDep, Services, ServicesDep, get_product
+from app.api.deps import JsonBody, ProductDep, Services, ServicesDep, lookup_product
 from app.api.errors import ApiError
 from app.auth import ingest_allowed, is_admin
 from app.linking import link_session
@@ -31,7 +31,7 @@ async def link(body: JsonBody, request: Request, services: ServicesDep) -> Webho
             "the link request failed validation",
             fields=validation_fields(exc),
         ) from exc
-    product = get_product(link_request.product_id, services)
+    product = lookup_product(services, link_request.product_id)
     _authorize(request, services, product, body)
     result = await link_session(
         services.store,

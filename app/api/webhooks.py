@@ -79,6 +79,9 @@ async def receive_webhook(
 ) -> WebhookResponse:
     """Verify a platform webhook and link the user's session to its conversation."""
     event = await _verified_event(services.platforms[product.id], product, request, body)
+    structlog.contextvars.bind_contextvars(
+        conversation_id=event.conversation_id, session_id=event.session_id
+    )
     if event.event is None:
         result = LinkResult("ignored", event.session_id, event.conversation_id)
         log.info("webhook_ignored", product_id=product.id, reason=event.reason)

@@ -186,6 +186,7 @@ class DeliveryWorker:
             bound.warning("note_ack_failed", error=str(exc))
             return
         metrics.NOTES_POSTED.labels(product.id, product.platform, note.kind).inc()
+        metrics.NOTE_DELIVERY_SECONDS.observe(max(0.0, self._clock.now() - claim.queued_at))
         bound.info("note_delivered", kind=note.kind, note_id=note_id, actions=len(note.actions))
         await self._redact(platform, product, outcome.replaced, bound)
 

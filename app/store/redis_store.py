@@ -68,6 +68,7 @@ class Claim:
     first_failure_at: float | None
     summary: str
     members: list[bytes]
+    queued_at: float  # when the note's oldest action was queued (or the link was made)
 
     @property
     def member(self) -> str:
@@ -350,7 +351,7 @@ class RedisStore:
 
     @staticmethod
     def _claim(row: list[Any]) -> Claim:
-        member, source, conv, token, did, attempts, fail0, summary, members = row
+        member, source, conv, token, did, attempts, fail0, summary, members, queued_at = row
         product_id, session_id = keys.split_due_member(member.decode())
         return Claim(
             product_id=product_id,
@@ -363,6 +364,7 @@ class RedisStore:
             first_failure_at=int(fail0) / 1000 if fail0 else None,
             summary=summary.decode(),
             members=list(members),
+            queued_at=float(queued_at) / 1000,
         )
 
     async def ack(

@@ -267,22 +267,27 @@ async def test_retries_give_up_into_the_dead_letter_list_after_a_day(
     redis_client, clock: ManualClock
 ) -> None:
     product = make_product(post_link_debounce_s=0)
+    dead_key = keys.dead_letter_key("acme")
     with respx.mock() as mock:
         route = mock.post(NOTES_URL).mock(return_value=httpx.Response(503))
         async with running_app(products=[product], clock=clock, redis_client=redis_client) as h:
             await link(h)
             await h.post_batch("acme", batch("s1", ("A", T0)))
-            attempts = 0
-            for _ in range(1500):  # a day of 60 s retries, jumping the clock between them
-                attempts += await h.deliver()
+            first_failure = clock.now()
+            for _ in range(10):  # backing off, at most a minute apart
+                assert await h.deliver() == 1
                 clock.advance(61)
-                if await redis_client.llen(keys.dead_letter_key("acme")):
-                    break
-    # 0.5 s doubling to 60 s, then once a minute for 24 h: about 1440 attempts.
-    assert 1400 < attempts < 1500
-    assert route.call_count == attempts
-    (entry,) = await redis_client.lrange(keys.dead_letter_key("acme"), 0, -1)
+            clock.t = first_failure + 24 * 3600 - 1
+            assert await h.deliver() == 1
+            assert await redis_client.llen(dead_key) == 0  # still retrying just before 24 h
+            clock.advance(61)
+            assert await h.deliver() == 1
+            clock.advance(3600)
+            assert await h.deliver() == 0  # given up: nothing left to retry
+    assert route.call_count == 12
+    (entry,) = await redis_client.lrange(dead_key, 0, -1)
     letter = json.loads(entry)
-    assert letter["attempts"] == attempts
+    assert letter["attempts"] == 12
+    assert letter["first_failure_at"] == first_failure
     assert letter["failed_at"] - letter["first_failure_at"] >= 24 * 3600
     assert [a["description"] for a in letter["actions"]] == ["A"]

@@ -12,15 +12,18 @@ for n, member in ipairs(members) do
   else
     -- A lease that ran out belongs to a process that died mid-note: take its work back.
     end_flight(st, true)
-    local s = redis.call('HMGET', st, 'conv', 'flush', 'summary', 'did', 'att', 'fail0', 'qf')
-    local kind, actions = nil, {}
+    local s = redis.call('HMGET', st, 'conv', 'flush', 'summary', 'did', 'att', 'fail0', 'qf',
+      'linked_at')
+    local kind, actions, queued_at = nil, {}, fmt(now)
     if s[1] then
       if s[2] == '1' and redis.call('ZCARD', pre) > 0 then
         kind, actions = 'pre', redis.call('ZRANGE', pre, 0, max_actions - 1)
+        queued_at = s[8] or queued_at
       elseif redis.call('ZCARD', out) > 0 then
         kind, actions = 'out', redis.call('ZRANGE', out, 0, max_actions - 1)
+        queued_at = s[7] or queued_at
         -- Actions arriving from now on start the next note's max-wait clock.
-        redis.call('HSET', st, 'ff', s[7] or fmt(now))
+        redis.call('HSET', st, 'ff', queued_at)
         redis.call('HDEL', st, 'qf')
       elseif s[3] then
         kind = 'summary'
@@ -33,7 +36,7 @@ for n, member in ipairs(members) do
         'did', did)
       redis.call('ZADD', due_key, fmt(now + lease_ms), member)
       claims[#claims + 1] = {member, kind, s[1], token, did, s[5] or '0', s[6] or '',
-        s[3] or '', actions}
+        s[3] or '', actions, queued_at}
     else
       redis.call('HDEL', st, 'flush')
       redis.call('ZREM', due_key, member)

@@ -32,7 +32,8 @@ else
     redis.call('DEL', out)
   end
   redis.call('EXPIRE', pre, ARGV[11])
-  redis.call('HDEL', st, 'conv', 'flush', 'qf', 'ql', 'did', 'att', 'fail0', 'retry_at', 'err')
+  redis.call('HDEL', st, 'conv', 'linked_at', 'flush', 'qf', 'ql', 'did', 'att', 'fail0',
+    'retry_at', 'err')
 end
 touch(st, now, ARGV[10])
 schedule(st, pre, out, due_key, member, now, debounce, max_wait)

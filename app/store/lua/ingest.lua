@@ -38,7 +38,7 @@ if not conv then
   if target ~= '' then
     if uid ~= '' then redis.call('DEL', KEYS[8]) end
     if email ~= '' then redis.call('DEL', KEYS[9]) end
-    redis.call('HSET', st, 'conv', target)
+    redis.call('HSET', st, 'conv', target, 'linked_at', fmt(now))
     conv, event = target, 'new'
   end
 end

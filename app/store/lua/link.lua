@@ -15,7 +15,7 @@ local current = redis.call('HGET', st, 'conv')
 if current == conv or (current and event == 'reply_existing') then
   return {'already_linked', current, -1}
 end
-redis.call('HSET', st, 'conv', conv)
+redis.call('HSET', st, 'conv', conv, 'linked_at', fmt(now))
 if redis.call('ZCARD', pre) > 0 then
   redis.call('HSET', st, 'flush', '1')
   redis.call('EXPIRE', pre, session_ttl)

@@ -1,0 +1,275 @@
+"""Intercom adapter (SPEC §6.1): signed notification webhooks in, admin notes out."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from app.clock import Clock
+from app.notes import to_html
+from app.platforms.base import (
+    CALL_TIMEOUT_S,
+    MAX_WAIT_HINT_S,
+    InvalidWebhook,
+    LinkEvent,
+    Note,
+    PermanentDeliveryError,
+    Platform,
+    RetryableDeliveryError,
+    WebhookEvent,
+    WebhookRejected,
+    raise_for_delivery,
+    retry_after_seconds,
+)
+from app.products import IntercomConfig, ProductConfig
+from app.security import SignatureError, verify_prefixed_hex
+
+SIGNATURE_HEADER = "x-hub-signature"
+LINK_TOPICS: Mapping[str, LinkEvent] = {
+    "conversation.user.created": LinkEvent.NEW,
+    "conversation.user.replied": LinkEvent.REPLY_EXISTING,
+}
+# Only a customer's email identifies the session; an admin's, bot's or team's never does.
+CONTACT_AUTHOR_TYPES = frozenset({"user", "lead", "contact"})
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+MAX_ID_CHARS = 256
+MAX_IDENTITY_CHARS = 512
+# Enough of an unknown topic to recognise it in a log without echoing a huge string.
+_TOPIC_PREVIEW_CHARS = 64
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any, *, max_chars: int = MAX_IDENTITY_CHARS) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= max_chars:
+        return value
+    return None
+
+
+def _identifier(value: Any, *, max_chars: int = MAX_IDENTITY_CHARS) -> str | None:
+    """A string id; Intercom ids that arrive as JSON integers are converted."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return _text(value, max_chars=max_chars)
+
+
+def _load_object(body: bytes) -> Mapping[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidWebhook("the webhook body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise InvalidWebhook("the webhook body must be a JSON object")
+    return data
+
+
+def _delivery_id(envelope: Mapping[str, Any], body: bytes) -> str:
+    notification_id = _text(envelope.get("id"), max_chars=MAX_ID_CHARS)
+    return notification_id or "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _ignored(topic: str, delivery_id: str) -> WebhookEvent:
+    if topic == "ping":
+        return WebhookEvent(delivery_id=delivery_id, event=None, reason="ping")
+    preview = topic[:_TOPIC_PREVIEW_CHARS]
+    reason = f"topic {preview!r} is not link-eligible"
+    return WebhookEvent(delivery_id=delivery_id, event=None, reason=reason)
+
+
+def _contacts(item: Mapping[str, Any]) -> Sequence[Any]:
+    # 2.0 listed contacts directly; later versions wrap them in a contact.list object.
+    contacts = item.get("contacts")
+    if isinstance(contacts, dict):
+        contacts = contacts.get("contacts")
+    return contacts if isinstance(contacts, list) else []
+
+
+def _first_contact(item: Mapping[str, Any]) -> Mapping[str, Any]:
+    contacts = _contacts(item)
+    return _object(contacts[0]) if contacts else {}
+
+
+def conversation_parts(conversation: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The conversation's parts in Intercom's (chronological) order; malformed ones skipped."""
+    parts = _object(conversation.get("conversation_parts")).get("conversation_parts")
+    return [part for part in parts if isinstance(part, dict)] if isinstance(parts, list) else []
+
+
+def _contact_email(author: Any) -> str | None:
+    author = _object(author)
+    if author.get("type") not in CONTACT_AUTHOR_TYPES:
+        return None
+    return _text(author.get("email"))
+
+
+def _part_author_email(item: Mapping[str, Any]) -> str | None:
+    emails = (_contact_email(part.get("author")) for part in conversation_parts(item))
+    return next((email for email in emails if email), None)
+
+
+def _email(item: Mapping[str, Any]) -> str | None:
+    legacy_user = _object(item.get("user"))
+    candidates = (
+        _contact_email(_object(item.get("source")).get("author")),
+        _part_author_email(item),
+        _text(_first_contact(item).get("email")),
+        _text(legacy_user.get("email")),
+    )
+    return next((email for email in candidates if email), None)
+
+
+def _user_id(item: Mapping[str, Any]) -> str | None:
+    """The contact's external id (the PostHog distinct id); Intercom's own contact id is not."""
+    external_id = _identifier(_first_contact(item).get("external_id"))
+    return external_id or _identifier(_object(item.get("user")).get("user_id"))
+
+
+def _session_id(item: Mapping[str, Any], attribute: str) -> str | None:
+    value = _object(item.get("custom_attributes")).get(attribute)
+    if isinstance(value, str) and SESSION_ID_PATTERN.match(value):
+        return value
+    return None
+
+
+def _conversation_id(item: Mapping[str, Any]) -> str:
+    conversation_id = _identifier(item.get("id"), max_chars=MAX_ID_CHARS)
+    if conversation_id is None:
+        raise InvalidWebhook("'data.item.id' must be a conversation id")
+    return conversation_id
+
+
+def parse_notification(body: bytes, *, session_attribute: str) -> WebhookEvent:
+    """Read an Intercom notification_event (API 2.x or 1.x item shapes)."""
+    envelope = _load_object(body)
+    delivery_id = _delivery_id(envelope, body)
+    topic = envelope.get("topic")
+    if not isinstance(topic, str):
+        raise InvalidWebhook("'topic' must be a string")
+    link_event = LINK_TOPICS.get(topic)
+    if link_event is None:
+        return _ignored(topic, delivery_id)
+    item = _object(envelope.get("data")).get("item")
+    if not isinstance(item, dict):
+        raise InvalidWebhook(f"'data.item' must be an object for topic {topic!r}")
+    return WebhookEvent(
+        delivery_id=delivery_id,
+        event=link_event,
+        conversation_id=_conversation_id(item),
+        session_id=_session_id(item, session_attribute),
+        user_id=_user_id(item),
+        email=_email(item),
+    )
+
+
+def note_part_id(conversation: Mapping[str, Any], *, admin_id: str) -> str | None:
+    """The id of the last ``note`` part authored by ``admin_id``, if the response has one."""
+    for part in reversed(conversation_parts(conversation)):
+        author_id = _identifier(_object(part.get("author")).get("id"))
+        if part.get("part_type") == "note" and author_id == admin_id:
+            return _identifier(part.get("id"), max_chars=MAX_ID_CHARS)
+    return None
+
+
+def rate_limit_wait_s(headers: httpx.Headers, *, now: float) -> float | None:
+    """Seconds until ``X-RateLimit-Reset`` (Unix seconds); ``Retry-After`` when it is absent."""
+    reset = headers.get("x-ratelimit-reset", "").strip()
+    if not (reset.isascii() and reset.isdigit()):
+        return retry_after_seconds(headers.get("retry-after"), now=now)
+    return min(max(0.0, int(reset) - now), MAX_WAIT_HINT_S)
+
+
+def _path_segment(conversation_id: str) -> str:
+    if conversation_id in ("", ".", ".."):
+        raise PermanentDeliveryError(f"{conversation_id!r} is not an Intercom conversation id")
+    return quote(conversation_id, safe="")
+
+
+def _json_object(response: httpx.Response) -> Mapping[str, Any]:
+    try:
+        return _object(response.json())
+    except ValueError:
+        return {}
+
+
+class IntercomPlatform(Platform):
+    """Links sessions from Intercom conversation webhooks and posts notes as an admin."""
+
+    name = "intercom"
+
+    def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
+        super().__init__(product, client, clock)
+        if product.intercom is None:
+            raise ValueError(f"product {product.id!r} has no [intercom] section")
+        self.config: IntercomConfig = product.intercom
+        self._base_url = product.intercom.api_base.rstrip("/")
+        self._headers = {
+            "authorization": f"Bearer {product.intercom.access_token}",
+            "intercom-version": product.intercom.api_version,
+            "accept": "application/json",
+            "content-type": "application/json",
+        }
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        try:
+            verify_prefixed_hex(
+                headers.get(SIGNATURE_HEADER),
+                secret=self.config.client_secret,
+                body=body,
+                algorithm="sha1",
+            )
+        except SignatureError as exc:
+            raise WebhookRejected(f"invalid X-Hub-Signature: {exc}") from exc
+
+    async def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        return parse_notification(body, session_attribute=self.product.session_attribute)
+
+    async def post_note(self, note: Note) -> str | None:
+        body = to_html(note.body) if self.config.body_format == "html" else note.body
+        payload = {
+            "message_type": "note",
+            "type": "admin",
+            "admin_id": self.config.admin_id,
+            "body": body,
+        }
+        path = f"/conversations/{_path_segment(note.conversation_id)}/reply"
+        response = await self._post(path, payload)
+        return note_part_id(_json_object(response), admin_id=self.config.admin_id)
+
+    async def redact_note(self, conversation_id: str, note_id: str) -> None:
+        payload = {
+            "type": "conversation_part",
+            "conversation_id": conversation_id,
+            "conversation_part_id": note_id,
+        }
+        await self._post("/conversations/redact", payload)
+
+    async def _post(self, path: str, payload: Mapping[str, Any]) -> httpx.Response:
+        request = self.client.build_request(
+            "POST", self._base_url + path, json=payload, headers=self._headers
+        )
+        return await self._send(request)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Platform.send, except that a 429 waits for Intercom's ``X-RateLimit-Reset``."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                response = await self.client.send(request)
+        except (httpx.RequestError, TimeoutError) as exc:
+            raise RetryableDeliveryError(f"{type(exc).__name__} calling {self.name}") from exc
+        now = self.clock.now()
+        if response.status_code == 429:
+            raise RetryableDeliveryError(
+                f"{request.method} {request.url.path} answered 429",
+                retry_after_s=rate_limit_wait_s(response.headers, now=now),
+            )
+        raise_for_delivery(response, now=now)
+        return response

@@ -1,0 +1,452 @@
+"""Zendesk adapter (SPEC §6.2): signed webhooks in, private ticket comments out.
+
+Webhooks are verified with ``X-Zendesk-Webhook-Signature`` (base64 HMAC-SHA256 of the
+``X-Zendesk-Webhook-Signature-Timestamp`` value followed by the raw body) and a 5 minute replay
+window. Deliveries are deduplicated by ``X-Zendesk-Webhook-Invocation-Id``, else by the event's
+``id``. Two bodies are understood:
+
+Event subscriptions (a webhook subscribed to Zendesk ticket events) are Zendesk's own JSON.
+``zen:event-type:ticket.created`` links as NEW; ``zen:event-type:ticket.comment_added`` links as
+REPLY_EXISTING only when the comment's author is the ticket's requester and not staff, so agents'
+comments and the private notes this bridge posts are ignored; every other type is ignored. The
+requester (``detail.requester_id``) is resolved to an external id and email with
+``GET /api/v2/users/{id}.json``, cached for a while.
+
+Trigger or automation webhooks carry a JSON body the Zendesk admin writes::
+
+    {
+      "event": "ticket.created",
+      "ticket_id": "{{ticket.id}}",
+      "requester_external_id": "{{ticket.requester.external_id}}",
+      "requester_email": "{{ticket.requester.email}}",
+      "session_id": "{{ticket.ticket_field_<id>}}"
+    }
+
+``event`` is ``ticket.created`` (NEW) or ``ticket.comment_added`` / ``ticket.updated``
+(REPLY_EXISTING: the trigger's conditions must keep it to the requester's own updates); any other
+value is ignored. ``ticket_id`` (a string or a number) is required; the other fields are optional.
+A value Zendesk rendered empty or left unrendered (still holding ``{{`` or ``}}``) counts as
+absent, and so does a ``session_id`` outside ``[A-Za-z0-9._:-]{1,128}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from app.clock import Clock
+from app.models import ConversationId
+from app.platforms.base import (
+    ConversationNotFound,
+    InvalidWebhook,
+    LinkEvent,
+    Note,
+    Platform,
+    RetryableDeliveryError,
+    WebhookEvent,
+    WebhookRejected,
+)
+from app.products import ProductConfig, ZendeskConfig
+from app.security import equals
+
+SIGNATURE_HEADER = "x-zendesk-webhook-signature"
+TIMESTAMP_HEADER = "x-zendesk-webhook-signature-timestamp"
+INVOCATION_HEADER = "x-zendesk-webhook-invocation-id"
+REPLAY_WINDOW_S = 300.0
+MAX_TIMESTAMP_CHARS = 64
+MAX_DELIVERY_ID_CHARS = 256
+MAX_FIELD_CHARS = 512
+
+EVENT_TYPE_PREFIX = "zen:event-type:"
+SUBSCRIPTION_EVENTS: Mapping[str, LinkEvent] = {
+    "zen:event-type:ticket.created": LinkEvent.NEW,
+    "zen:event-type:ticket.comment_added": LinkEvent.REPLY_EXISTING,
+}
+TRIGGER_EVENTS: Mapping[str, LinkEvent] = {
+    "ticket.created": LinkEvent.NEW,
+    "ticket.comment_added": LinkEvent.REPLY_EXISTING,
+    "ticket.updated": LinkEvent.REPLY_EXISTING,
+}
+
+REQUESTER_CACHE_ENTRIES = 10_000
+REQUESTER_CACHE_TTL_S = 600.0
+# Zendesk gives up on a webhook after about 12 s: answer (503, so it retries) well before that.
+LOOKUP_TIMEOUT_S = 5.0
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+_EVENT_NAME_PREVIEW_CHARS = 64
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def zendesk_signature(secret: str, *, timestamp: str, body: bytes) -> str:
+    """base64(HMAC-SHA256(secret, timestamp + body)), as Zendesk signs its webhooks."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _timestamp_seconds(raw: str) -> float:
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise WebhookRejected("X-Zendesk-Webhook-Signature-Timestamp is not ISO 8601") from exc
+    if when.tzinfo is None:
+        raise WebhookRejected("X-Zendesk-Webhook-Signature-Timestamp has no time zone")
+    return when.timestamp()
+
+
+def verify_zendesk_webhook(
+    headers: Mapping[str, str], body: bytes, *, secret: str, now: float
+) -> None:
+    """Check a Zendesk webhook's signature and replay window; raise WebhookRejected."""
+    signature = headers.get(SIGNATURE_HEADER)
+    timestamp = headers.get(TIMESTAMP_HEADER)
+    if not signature or not timestamp:
+        raise WebhookRejected(
+            "X-Zendesk-Webhook-Signature and X-Zendesk-Webhook-Signature-Timestamp are required"
+        )
+    if len(timestamp) > MAX_TIMESTAMP_CHARS:
+        raise WebhookRejected("X-Zendesk-Webhook-Signature-Timestamp is too long")
+    if abs(now - _timestamp_seconds(timestamp)) > REPLAY_WINDOW_S:
+        raise WebhookRejected(
+            "X-Zendesk-Webhook-Signature-Timestamp is outside the 5 minute window"
+        )
+    expected = zendesk_signature(secret, timestamp=timestamp, body=body)
+    if not equals(signature.strip(), expected):
+        raise WebhookRejected("X-Zendesk-Webhook-Signature does not match the body")
+
+
+# --- webhook bodies ---
+
+
+def _id_text(value: Any) -> Any:
+    # Zendesk ids are strings in event payloads but numbers in the REST API and in triggers
+    # written without quotes.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _rendered(value: Any) -> Any:
+    """A trigger placeholder's value, or None when Zendesk left it empty or unrendered."""
+    value = _id_text(value)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or "{{" in value or "}}" in value or len(value) > MAX_FIELD_CHARS:
+        return None
+    return value
+
+
+def _session_id(value: Any) -> Any:
+    value = _rendered(value)
+    return value if value is not None and _SESSION_ID.match(value) else None
+
+
+ZendeskId = Annotated[ConversationId, BeforeValidator(_id_text)]
+Rendered = Annotated[str | None, BeforeValidator(_rendered)]
+RenderedTicketId = Annotated[ConversationId, BeforeValidator(_rendered)]
+RenderedSessionId = Annotated[str | None, BeforeValidator(_session_id)]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CommentAuthor(_Lenient):
+    """``event.comment.author`` of a ``ticket.comment_added`` event."""
+
+    id: ZendeskId | None = None
+    is_staff: bool = False
+
+
+class Comment(_Lenient):
+    """``event.comment`` of a ``ticket.comment_added`` event."""
+
+    author: CommentAuthor | None = None
+
+
+class EventData(_Lenient):
+    """The ``event`` object of a ticket event."""
+
+    comment: Comment | None = None
+
+
+class TicketDetail(_Lenient):
+    """The ticket (``detail``) of a ticket event."""
+
+    id: ZendeskId
+    requester_id: ZendeskId | None = None
+
+
+class TicketEvent(_Lenient):
+    """A Zendesk event-subscription webhook for a ticket."""
+
+    type: str
+    detail: TicketDetail
+    event: EventData | None = None
+
+
+class TriggerBody(_Lenient):
+    """The body of a trigger or automation webhook, in the format this module documents."""
+
+    event: str
+    ticket_id: RenderedTicketId
+    requester_external_id: Rendered = None
+    requester_email: Rendered = None
+    session_id: RenderedSessionId = None
+
+
+def _load_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidWebhook("the webhook body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise InvalidWebhook("the webhook body must be a JSON object")
+    return data
+
+
+def _validated(model: type[_Model], data: Mapping[str, Any]) -> _Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = (f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise InvalidWebhook("invalid Zendesk webhook body: " + "; ".join(problems)) from exc
+
+
+def _checked_delivery_id(value: str | None) -> str | None:
+    if value is not None and len(value) > MAX_DELIVERY_ID_CHARS:
+        raise InvalidWebhook(
+            f"X-Zendesk-Webhook-Invocation-Id must be at most {MAX_DELIVERY_ID_CHARS} characters"
+        )
+    return value or None
+
+
+def _body_id(data: Mapping[str, Any]) -> str | None:
+    value = data.get("id")
+    if isinstance(value, str) and 0 < len(value) <= MAX_DELIVERY_ID_CHARS:
+        return value
+    return None
+
+
+def _ignored(delivery_id: str | None, reason: str, ticket_id: str | None = None) -> WebhookEvent:
+    return WebhookEvent(
+        delivery_id=delivery_id, event=None, conversation_id=ticket_id, reason=reason
+    )
+
+
+def _not_eligible(name: str) -> str:
+    return f"event {name[:_EVENT_NAME_PREVIEW_CHARS]!r} is not link-eligible"
+
+
+def _comment_by_requester(event: TicketEvent) -> bool:
+    comment = event.event.comment if event.event else None
+    author = comment.author if comment else None
+    if author is None or author.id is None or author.is_staff:
+        return False
+    return author.id == event.detail.requester_id
+
+
+def parse_trigger(data: Mapping[str, Any], delivery_id: str | None) -> WebhookEvent:
+    """Read a trigger body (see the module docstring)."""
+    name = data.get("event")
+    if not isinstance(name, str):
+        raise InvalidWebhook("'event' must be a string")
+    link_event = TRIGGER_EVENTS.get(name)
+    if link_event is None:
+        return _ignored(delivery_id, _not_eligible(name))
+    trigger = _validated(TriggerBody, data)
+    return WebhookEvent(
+        delivery_id=delivery_id,
+        event=link_event,
+        conversation_id=trigger.ticket_id,
+        session_id=trigger.session_id,
+        user_id=trigger.requester_external_id,
+        email=trigger.requester_email,
+    )
+
+
+# --- requester lookups ---
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """What a Zendesk user id means for finding a session."""
+
+    external_id: str | None
+    email: str | None
+
+
+class RequesterCache:
+    """A bounded LRU of requester lookups whose entries expire ``ttl_s`` after they were stored."""
+
+    def __init__(self, *, max_entries: int, ttl_s: float) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[str, tuple[float, Requester]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, user_id: str, *, now: float) -> Requester | None:
+        entry = self._entries.get(user_id)
+        if entry is None:
+            return None
+        expires_at, requester = entry
+        if now >= expires_at:
+            del self._entries[user_id]
+            return None
+        self._entries.move_to_end(user_id)
+        return requester
+
+    def put(self, user_id: str, requester: Requester, *, now: float) -> None:
+        self._entries[user_id] = (now + self.ttl_s, requester)
+        self._entries.move_to_end(user_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+def _optional_text(value: Any) -> str | None:
+    value = _id_text(value)
+    return value if isinstance(value, str) and value else None
+
+
+def requester_from(response: httpx.Response) -> Requester:
+    """The external id and email of a Show User response (absent fields are None)."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    user = data.get("user") if isinstance(data, dict) else None
+    if not isinstance(user, dict):
+        return Requester(None, None)
+    return Requester(_optional_text(user.get("external_id")), _optional_text(user.get("email")))
+
+
+# --- notes ---
+
+
+def authorization(config: ZendeskConfig) -> str:
+    """The Authorization header value: OAuth bearer when configured, else API token basic auth."""
+    if config.oauth_token:
+        return f"Bearer {config.oauth_token}"
+    credentials = f"{config.email}/token:{config.api_token}"
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def comment_id(response: httpx.Response) -> str | None:
+    """The id of the ``Comment`` event in an Update Ticket response's audit, if any."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    audit = data.get("audit") if isinstance(data, dict) else None
+    events = audit.get("events") if isinstance(audit, dict) else None
+    if not isinstance(events, list):
+        return None
+    for event in events:
+        if isinstance(event, dict) and event.get("type") == "Comment":
+            return _optional_text(event.get("id"))
+    return None
+
+
+class ZendeskPlatform(Platform):
+    """Links tickets from signed Zendesk webhooks and posts notes as private comments."""
+
+    name = "zendesk"
+
+    def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
+        super().__init__(product, client, clock)
+        if product.zendesk is None:
+            raise ValueError(f"product {product.id!r} has no [zendesk] section")
+        self.config: ZendeskConfig = product.zendesk
+        self.base_url = self.config.base_url.rstrip("/")
+        self.lookup_timeout_s = LOOKUP_TIMEOUT_S
+        self.requesters = RequesterCache(
+            max_entries=REQUESTER_CACHE_ENTRIES, ttl_s=REQUESTER_CACHE_TTL_S
+        )
+        self._headers = {"authorization": authorization(self.config), "accept": "application/json"}
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        verify_zendesk_webhook(
+            headers, body, secret=self.config.webhook_secret, now=self.clock.now()
+        )
+
+    async def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        """Read an event-subscription or trigger body; may look the requester up (see module)."""
+        delivery_id = _checked_delivery_id(headers.get(INVOCATION_HEADER))
+        data = _load_object(body)
+        kind = data.get("type")
+        if isinstance(kind, str) and kind.startswith(EVENT_TYPE_PREFIX):
+            return await self._parse_subscription(kind, data, delivery_id or _body_id(data))
+        if "event" in data:
+            return parse_trigger(data, delivery_id)
+        raise InvalidWebhook(
+            "expected a Zendesk event ('type': 'zen:event-type:…') or a trigger body ('event')"
+        )
+
+    async def post_note(self, note: Note) -> str | None:
+        url = f"{self.base_url}/api/v2/tickets/{quote(note.conversation_id, safe='')}.json"
+        payload = {"ticket": {"comment": {"body": note.body, "public": False}}}
+        request = self.client.build_request("PUT", url, json=payload, headers=self._headers)
+        return comment_id(await self.send(request))
+
+    async def redact_note(self, conversation_id: str, note_id: str) -> None:
+        """A no-op: redacting a comment needs Agent Workspace permissions a bridge rarely has."""
+
+    async def _parse_subscription(
+        self, kind: str, data: Mapping[str, Any], delivery_id: str | None
+    ) -> WebhookEvent:
+        link_event = SUBSCRIPTION_EVENTS.get(kind)
+        if link_event is None:
+            return _ignored(delivery_id, _not_eligible(kind))
+        event = _validated(TicketEvent, data)
+        ticket_id = event.detail.id
+        if link_event is LinkEvent.REPLY_EXISTING and not _comment_by_requester(event):
+            return _ignored(delivery_id, "the comment is not the requester's", ticket_id)
+        requester = await self._requester(event.detail.requester_id)
+        return WebhookEvent(
+            delivery_id=delivery_id,
+            event=link_event,
+            conversation_id=ticket_id,
+            user_id=requester.external_id,
+            email=requester.email,
+        )
+
+    async def _requester(self, user_id: str | None) -> Requester:
+        if user_id is None:
+            return Requester(None, None)
+        cached = self.requesters.get(user_id, now=self.clock.now())
+        if cached is not None:
+            return cached
+        requester = await self._fetch_requester(user_id)
+        self.requesters.put(user_id, requester, now=self.clock.now())
+        return requester
+
+    async def _fetch_requester(self, user_id: str) -> Requester:
+        """Show User; a failure raises a DeliveryError, which the route answers with a 503."""
+        url = f"{self.base_url}/api/v2/users/{quote(user_id, safe='')}.json"
+        request = self.client.build_request("GET", url, headers=self._headers)
+        try:
+            async with asyncio.timeout(self.lookup_timeout_s):
+                response = await self.send(request)
+        except TimeoutError as exc:
+            raise RetryableDeliveryError("the Zendesk user lookup timed out") from exc
+        except ConversationNotFound:
+            # A deleted user never comes back: there is nobody to link by.
+            return Requester(None, None)
+        return requester_from(response)
