@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # `make run` uses your config/products.toml, or the example file when there is none.
 PRODUCTS_FILE := $(if $(wildcard config/products.toml),config/products.toml,config/products.example.toml)
 
-.PHONY: install run test lint format check-config bench clean
+.PHONY: install run test lint format check-config bench chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,14 @@ lint: install
 	$(VENV)/bin/ruff check app tests
 	$(VENV)/bin/ruff format --check app tests
 	$(VENV)/bin/mypy app
+	$(VENV)/bin/hadolint Dockerfile
 
 format: install
 	$(VENV)/bin/ruff format app tests
 	$(VENV)/bin/ruff check --fix app tests
+
+chaos: install
+	$(PY) bench/chaos.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
