@@ -8,11 +8,15 @@ from app.clock import Clock
 from app.platforms.base import Platform
 from app.platforms.console import ConsolePlatform
 from app.platforms.http import HttpPlatform
+from app.platforms.intercom import IntercomPlatform
+from app.platforms.zendesk import ZendeskPlatform
 from app.products import ProductConfig
 
 PLATFORMS: dict[str, type[Platform]] = {
     "http": HttpPlatform,
     "console": ConsolePlatform,
+    "intercom": IntercomPlatform,
+    "zendesk": ZendeskPlatform,
 }
 
 

@@ -121,8 +121,12 @@ class Platform(ABC):
                 response = await self.client.send(request)
         except (httpx.RequestError, TimeoutError) as exc:
             raise RetryableDeliveryError(f"{type(exc).__name__} calling {self.name}") from exc
-        raise_for_delivery(response, now=self.clock.now())
+        raise_for_delivery(response, hint_s=self.wait_hint_s(response))
         return response
+
+    def wait_hint_s(self, response: httpx.Response) -> float | None:
+        """How long the platform asks us to wait before calling again (``Retry-After``)."""
+        return retry_after_seconds(response.headers.get("retry-after"), now=self.clock.now())
 
 
 def retry_after_seconds(value: str | None, *, now: float) -> float | None:
@@ -139,8 +143,9 @@ def retry_after_seconds(value: str | None, *, now: float) -> float | None:
     return min(max(0.0, when.timestamp() - now), MAX_WAIT_HINT_S)
 
 
-def raise_for_delivery(response: httpx.Response, *, now: float) -> None:
-    """Map an HTTP status to the delivery error classes; 2xx passes."""
+def raise_for_delivery(response: httpx.Response, *, hint_s: float | None) -> None:
+    """Map an HTTP status to the delivery error classes; 2xx passes. ``hint_s`` is the
+    platform's wait hint, carried by a retryable error."""
     status = response.status_code
     if status < 300:
         return
@@ -148,6 +153,5 @@ def raise_for_delivery(response: httpx.Response, *, now: float) -> None:
     if status == 404:
         raise ConversationNotFound(detail)
     if status in (408, 409, 425, 429) or status >= 500:
-        hint = retry_after_seconds(response.headers.get("retry-after"), now=now)
-        raise RetryableDeliveryError(detail, retry_after_s=hint)
+        raise RetryableDeliveryError(detail, retry_after_s=hint_s)
     raise PermanentDeliveryError(detail)

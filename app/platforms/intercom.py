@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -15,17 +14,14 @@ import httpx
 from app.clock import Clock
 from app.notes import to_html
 from app.platforms.base import (
-    CALL_TIMEOUT_S,
     MAX_WAIT_HINT_S,
     InvalidWebhook,
     LinkEvent,
     Note,
     PermanentDeliveryError,
     Platform,
-    RetryableDeliveryError,
     WebhookEvent,
     WebhookRejected,
-    raise_for_delivery,
     retry_after_seconds,
 )
 from app.products import IntercomConfig, ProductConfig
@@ -256,20 +252,8 @@ class IntercomPlatform(Platform):
         request = self.client.build_request(
             "POST", self._base_url + path, json=payload, headers=self._headers
         )
-        return await self._send(request)
+        return await self.send(request)
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Platform.send, except that a 429 waits for Intercom's ``X-RateLimit-Reset``."""
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                response = await self.client.send(request)
-        except (httpx.RequestError, TimeoutError) as exc:
-            raise RetryableDeliveryError(f"{type(exc).__name__} calling {self.name}") from exc
-        now = self.clock.now()
-        if response.status_code == 429:
-            raise RetryableDeliveryError(
-                f"{request.method} {request.url.path} answered 429",
-                retry_after_s=rate_limit_wait_s(response.headers, now=now),
-            )
-        raise_for_delivery(response, now=now)
-        return response
+    def wait_hint_s(self, response: httpx.Response) -> float | None:
+        """Intercom's 429 says when its window resets (``X-RateLimit-Reset``, Unix seconds)."""
+        return rate_limit_wait_s(response.headers, now=self.clock.now())

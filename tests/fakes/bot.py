@@ -1,29 +1,30 @@
 """A fake self-hosted bot (the ``http`` platform, SPEC §6.3) served by uvicorn in a thread.
 
 It verifies the Standard Webhooks signature of every note, records what it accepted, and can be
-told to fail the next few posts so tests can simulate an outage.
+told to fail the next few posts, to fail a share of posts at random for a while, or to throttle
+(429 with ``Retry-After``) so tests and the chaos run can simulate an outage.
 """
 
 from __future__ import annotations
 
 import json
-import socket
+import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.security import SignatureError, decode_whsec, verify_standard_webhook
+from tests.fakes.server import serve_in_thread
 
-START_TIMEOUT_S = 10.0
 POLL_S = 0.02
 
 
@@ -37,6 +38,14 @@ class Attempt:
     received_at: float  # time.monotonic()
 
 
+@dataclass(frozen=True, slots=True)
+class _RandomFailures:
+    rate: float
+    status: int
+    until: float  # time.monotonic()
+    rng: random.Random
+
+
 class FakeBot:
     """The bot's state; the ASGI app in ``self.app`` serves ``POST /notes``."""
 
@@ -45,7 +54,12 @@ class FakeBot:
         self._lock = threading.Lock()
         self._attempts: list[Attempt] = []
         self._failures: list[int] = []
+        self._throttled: list[int] = []  # Retry-After seconds of the next 429 answers
+        self._random: _RandomFailures | None = None
+        self._answered: Counter[int] = Counter()
+        self._accepted = 0
         self.rejected = 0
+        self.disconnected = 0  # senders that went away mid-request (a killed service)
         self.url = ""
         self.app = Starlette(routes=[Route("/notes", self._receive, methods=["POST"])])
 
@@ -65,6 +79,22 @@ class FakeBot:
         with self._lock:
             self._failures.extend([status] * n)
 
+    def fail_randomly(self, rate: float, *, until: float, status: int = 503, seed: int = 0) -> None:
+        """Until ``until`` (``time.monotonic()``), answer each post with ``status`` with
+        probability ``rate``; the draws come from a generator seeded with ``seed``."""
+        with self._lock:
+            self._random = _RandomFailures(rate, status, until, random.Random(seed))
+
+    def throttle(self, n: int, retry_after_s: int) -> None:
+        """Answer the next ``n`` posts with 429 and ``Retry-After: retry_after_s``."""
+        with self._lock:
+            self._throttled.extend([retry_after_s] * n)
+
+    def status_counts(self) -> dict[int, int]:
+        """How many signed posts got each status so far."""
+        with self._lock:
+            return dict(self._answered)
+
     def wait_for_notes(self, count: int, timeout_s: float) -> list[Attempt]:
         """Poll until at least ``count`` notes were accepted; fail after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
@@ -74,8 +104,13 @@ class FakeBot:
             time.sleep(POLL_S)
         return notes
 
-    async def _receive(self, request: Request) -> JSONResponse:
-        body = await request.body()
+    async def _receive(self, request: Request) -> Response:
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            with self._lock:
+                self.disconnected += 1
+            return Response(status_code=400)  # nobody is listening any more
         try:
             webhook_id = verify_standard_webhook(
                 request.headers, key=self._key, body=body, now=time.time()
@@ -84,44 +119,37 @@ class FakeBot:
             with self._lock:
                 self.rejected += 1
             return JSONResponse({"error": str(exc)}, status_code=401)
-        status, answer = self._record(webhook_id, json.loads(body))
-        return JSONResponse(answer, status_code=status)
+        return self._record(webhook_id, json.loads(body))
 
-    def _record(self, webhook_id: str, payload: dict[str, Any]) -> tuple[int, dict[str, str]]:
+    def _record(self, webhook_id: str, payload: dict[str, Any]) -> JSONResponse:
         with self._lock:
-            status = self._failures.pop(0) if self._failures else 200
+            status, headers = self._next_answer()
+            self._answered[status] += 1
             self._attempts.append(Attempt(webhook_id, payload, status, time.monotonic()))
             if status != 200:
-                return status, {"error": "simulated outage"}
-            return 200, {"id": f"note-{sum(a.status == 200 for a in self._attempts)}"}
+                return JSONResponse(
+                    {"error": "simulated outage"}, status_code=status, headers=headers
+                )
+            self._accepted += 1
+            return JSONResponse({"id": f"note-{self._accepted}"})
 
-
-def _wait_started(server: uvicorn.Server, thread: threading.Thread) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the fake bot did not start")
-        time.sleep(POLL_S)
+    def _next_answer(self) -> tuple[int, dict[str, str]]:
+        """The status for the post being recorded (the lock is held): queued failures first,
+        then throttling, then the random failure mode while it lasts."""
+        if self._failures:
+            return self._failures.pop(0), {}
+        if self._throttled:
+            return 429, {"retry-after": str(self._throttled.pop(0))}
+        mode = self._random
+        if mode is not None and time.monotonic() < mode.until and mode.rng.random() < mode.rate:
+            return mode.status, {}
+        return 200, {}
 
 
 @contextmanager
 def running_bot(signing_secret: str) -> Iterator[FakeBot]:
     """Serve a FakeBot on a loopback port for the duration of the block."""
     bot = FakeBot(signing_secret)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        bot.app, log_level="warning", lifespan="off", ws="none", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        _wait_started(server, thread)
-        bot.url = f"http://127.0.0.1:{port}/notes"
+    with serve_in_thread(bot.app, name="bot") as base_url:
+        bot.url = base_url + "/notes"
         yield bot
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
