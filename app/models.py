@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -24,7 +25,15 @@ MAX_TIMESTAMP_S = 253_402_300_799
 MAX_ACTIONS_PER_BATCH = 1000
 MAX_PAYLOADS_PER_REQUEST = 100
 
-SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN.pattern)]
+
+
+def is_session_id(value: object) -> bool:
+    """Whether a value taken from a platform's payload is a usable session id."""
+    return isinstance(value, str) and SESSION_ID_PATTERN.match(value) is not None
+
+
 ConversationId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 ShortText = Annotated[str, StringConstraints(max_length=512)]
 Url = Annotated[str, StringConstraints(max_length=4096)]

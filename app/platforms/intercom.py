@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -12,6 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from app.clock import Clock
+from app.models import is_session_id
 from app.notes import to_html
 from app.platforms.base import (
     MAX_WAIT_HINT_S,
@@ -34,7 +34,6 @@ LINK_TOPICS: Mapping[str, LinkEvent] = {
 }
 # Only a customer's email identifies the session; an admin's, bot's or team's never does.
 CONTACT_AUTHOR_TYPES = frozenset({"user", "lead", "contact"})
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 MAX_ID_CHARS = 256
 MAX_IDENTITY_CHARS = 512
 # Enough of an unknown topic to recognise it in a log without echoing a huge string.
@@ -131,7 +130,7 @@ def _user_id(item: Mapping[str, Any]) -> str | None:
 
 def _session_id(item: Mapping[str, Any], attribute: str) -> str | None:
     value = _object(item.get("custom_attributes")).get(attribute)
-    if isinstance(value, str) and SESSION_ID_PATTERN.match(value):
+    if is_session_id(value):
         return value
     return None
 

@@ -36,7 +36,6 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from app.clock import Clock
-from app.models import ConversationId
+from app.models import ConversationId, is_session_id
 from app.platforms.base import (
     ConversationNotFound,
     InvalidWebhook,
@@ -86,7 +85,6 @@ REQUESTER_CACHE_TTL_S = 600.0
 # Zendesk gives up on a webhook after about 12 s: answer (503, so it retries) well before that.
 LOOKUP_TIMEOUT_S = 5.0
 
-_SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 _EVENT_NAME_PREVIEW_CHARS = 64
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -153,7 +151,7 @@ def _rendered(value: Any) -> Any:
 
 def _session_id(value: Any) -> Any:
     value = _rendered(value)
-    return value if value is not None and _SESSION_ID.match(value) else None
+    return value if is_session_id(value) else None
 
 
 ZendeskId = Annotated[ConversationId, BeforeValidator(_id_text)]
