@@ -25,8 +25,10 @@ MAX_TIMESTAMP_S = 253_402_300_799
 MAX_ACTIONS_PER_BATCH = 1000
 MAX_PAYLOADS_PER_REQUEST = 100
 
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
-SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN.pattern)]
+_SESSION_ID_CHARS = r"[A-Za-z0-9._:-]{1,128}"
+# pydantic's (Rust) `$` and Python's `\Z` both mean the very end: no trailing newline passes.
+SessionId = Annotated[str, StringConstraints(pattern=f"^{_SESSION_ID_CHARS}$")]
+SESSION_ID_PATTERN = re.compile(rf"^{_SESSION_ID_CHARS}\Z")
 
 
 def is_session_id(value: object) -> bool:
