@@ -33,6 +33,7 @@ async def link_session(
     event: LinkEvent | None,
     now: float,
     user_message: bool = False,
+    delivery_id: str | None = None,
 ) -> LinkResult:
     outcome = await store.link(
         product,
@@ -41,9 +42,10 @@ async def link_session(
         event=event,
         now=now,
         user_message=user_message,
+        delivery_id=delivery_id,
     )
-    if not outcome.linked:
-        return LinkResult("already_linked", session_id, outcome.conversation_id)
+    if outcome.status != "linked":
+        return LinkResult(outcome.status, session_id, outcome.conversation_id)
     log.info(
         "link_created",
         product_id=product.id,
@@ -59,7 +61,8 @@ async def link_from_webhook(
     store: RedisStore, product: ProductConfig, event: WebhookEvent, *, now: float
 ) -> LinkResult:
     """Find the event's session (explicit id, then user id, then email) and link it; with no
-    session known yet, the conversation waits for the contact's first batch."""
+    session known yet, the conversation waits for the contact's first batch. Each delivery is
+    applied once: its id is recorded in the same store step as its effect."""
     conversation_id = event.conversation_id
     if event.event is None or not conversation_id:
         return LinkResult("ignored", event.session_id, conversation_id)
@@ -67,12 +70,19 @@ async def link_from_webhook(
     if session_id is None:
         if not (event.user_id or event.email):
             return LinkResult("ignored", None, conversation_id)
-        session_id = await store.resolve_session(
-            product.id, user_id=event.user_id, email=event.email, conversation_id=conversation_id
+        found = await store.resolve_session(
+            product.id,
+            user_id=event.user_id,
+            email=event.email,
+            conversation_id=conversation_id,
+            delivery_id=event.delivery_id,
         )
-    if session_id is None:
-        log.info("link_pending_identity", product_id=product.id, conversation_id=conversation_id)
-        return LinkResult("pending_identity", None, conversation_id)
+        if found.status == "duplicate":
+            return LinkResult("duplicate", None, conversation_id)
+        if found.session_id is None:
+            log.info("link_pending_identity", conversation_id=conversation_id)
+            return LinkResult("pending_identity", None, conversation_id)
+        session_id = found.session_id
     return await link_session(
         store,
         product,
@@ -81,4 +91,5 @@ async def link_from_webhook(
         event=event.event,
         now=now,
         user_message=True,
+        delivery_id=event.delivery_id,
     )

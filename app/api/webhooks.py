@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import structlog
 from fastapi import APIRouter, Request, Response
 
 from app import metrics
-from app.api.deps import JsonBody, ProductDep, Services, ServicesDep
+from app.api.deps import JsonBody, ProductDep, ServicesDep
 from app.api.errors import ApiError
 from app.linking import LinkResult, link_from_webhook
 from app.models import WebhookResponse
@@ -20,7 +18,6 @@ from app.platforms.base import (
     WebhookRejected,
 )
 from app.products import ProductConfig
-from app.store.redis_store import StoreUnavailable
 
 router = APIRouter(tags=["webhooks"])
 log = structlog.get_logger(__name__)
@@ -59,20 +56,6 @@ async def _verified_event(
         ) from exc
 
 
-async def _link(services: Services, product: ProductConfig, event: WebhookEvent) -> LinkResult:
-    """Link once per delivery id; a delivery that could not be stored may be sent again."""
-    store = services.store
-    if event.delivery_id and not await store.first_delivery(product.id, event.delivery_id):
-        return LinkResult("duplicate", event.session_id, event.conversation_id)
-    try:
-        return await link_from_webhook(store, product, event, now=services.clock.now())
-    except StoreUnavailable:
-        if event.delivery_id:
-            with contextlib.suppress(StoreUnavailable):
-                await store.forget_delivery(product.id, event.delivery_id)
-        raise
-
-
 @router.post("/chatbot-webhook/{product_id}")
 async def receive_webhook(
     product: ProductDep, body: JsonBody, request: Request, services: ServicesDep
@@ -86,7 +69,7 @@ async def receive_webhook(
         result = LinkResult("ignored", event.session_id, event.conversation_id)
         log.info("webhook_ignored", product_id=product.id, reason=event.reason)
     else:
-        result = await _link(services, product, event)
+        result = await link_from_webhook(services.store, product, event, now=services.clock.now())
         services.worker.notify(result.due_at)
     metrics.WEBHOOKS.labels(product.id, product.platform, result.status).inc()
     return WebhookResponse(

@@ -46,12 +46,29 @@ class IngestOutcome:
         return self.conversation_id is not None
 
 
+LinkStatus = Literal["linked", "already_linked", "duplicate"]
+
+
 @dataclass(frozen=True, slots=True)
 class LinkOutcome:
-    linked: bool  # False: the link was already in place (or a reply kept the old one)
+    # already_linked: the link was in place (or a reply kept the old one); duplicate: this
+    # webhook delivery was applied before.
+    status: LinkStatus
     conversation_id: str
     previous_conversation_id: str | None
     due_at: float | None
+
+    @property
+    def linked(self) -> bool:
+        return self.status == "linked"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Who a webhook's contact is: a session, or none yet (the link now waits for one)."""
+
+    status: Literal["session", "pending", "duplicate"]
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,12 +302,16 @@ class RedisStore:
         event: LinkEvent | None,
         now: float,
         user_message: bool = False,
+        delivery_id: str | None = None,
     ) -> LinkOutcome:
-        """Link (SPEC §5.4); a user message also moves the FSM to reactive_assistance."""
+        """Link (SPEC §5.4); a user message also moves the FSM to reactive_assistance. A
+        webhook's ``delivery_id`` is recorded with the link (24 h), so a redelivery is
+        reported as a duplicate."""
         state, pre, out = keys.session_keys(product.id, session_id)[:3]
+        delivery = keys.webhook_dedupe_key(product.id, delivery_id) if delivery_id else ""
         status, previous, due = await self.run(
             "link",
-            [state, pre, out, keys.DUE],
+            [state, pre, out, keys.DUE, delivery],
             [
                 _ms(now),
                 keys.due_member(product.id, session_id),
@@ -298,11 +319,12 @@ class RedisStore:
                 event.value if event else "",
                 *self._timings(product),
                 int(user_message),
+                keys.WEBHOOK_DEDUPE_TTL_S,
             ],
         )
         linked = status == b"linked"
         return LinkOutcome(
-            linked=linked,
+            status=status.decode(),
             conversation_id=conversation_id if linked else (_text(previous) or conversation_id),
             previous_conversation_id=_text(previous) if linked else None,
             due_at=_due(int(due)),
@@ -315,27 +337,26 @@ class RedisStore:
         user_id: str | None,
         email: str | None,
         conversation_id: str,
-    ) -> str | None:
-        """The contact's latest session; when none is known, remember the conversation."""
+        delivery_id: str | None = None,
+    ) -> Resolution:
+        """The contact's latest session; when none is known, remember the conversation for the
+        contact (and record the webhook's ``delivery_id`` with it)."""
         script_keys = [
             keys.identity_key(product_id, user_id=user_id) if user_id else "",
             keys.identity_key(product_id, email=email) if email else "",
             keys.pending_key(product_id, user_id=user_id) if user_id else "",
             keys.pending_key(product_id, email=email) if email else "",
+            keys.webhook_dedupe_key(product_id, delivery_id) if delivery_id else "",
         ]
-        args = [conversation_id, keys.PENDING_IDENTITY_TTL_S, int(bool(user_id)), int(bool(email))]
-        return _text(await self.run("resolve", script_keys, args))
-
-    async def first_delivery(self, product_id: str, delivery_id: str) -> bool:
-        """Record a webhook delivery id; False when it was seen in the last 24 h."""
-        key = keys.webhook_dedupe_key(product_id, delivery_id)
-        return bool(
-            await self._read(self._redis.set(key, 1, nx=True, ex=keys.WEBHOOK_DEDUPE_TTL_S))
-        )
-
-    async def forget_delivery(self, product_id: str, delivery_id: str) -> None:
-        """Undo first_delivery when the webhook could not be processed (so a retry is not a dup)."""
-        await self._read(self._redis.delete(keys.webhook_dedupe_key(product_id, delivery_id)))
+        args = [
+            conversation_id,
+            keys.PENDING_IDENTITY_TTL_S,
+            int(bool(user_id)),
+            int(bool(email)),
+            keys.WEBHOOK_DEDUPE_TTL_S,
+        ]
+        row = await self.run("resolve", script_keys, args)
+        return Resolution(row[0].decode(), _text(row[1]) if len(row) > 1 else None)
 
     # -- delivery ---------------------------------------------------------------------------
 

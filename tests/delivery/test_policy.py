@@ -148,6 +148,7 @@ async def test_platform_failure_is_retried_and_loses_nothing(
                 httpx.Response(503),
                 httpx.Response(429, headers={"Retry-After": "7"}),
                 httpx.Response(200, json={"id": "n1"}),
+                httpx.Response(200, json={"id": "n2"}),
             ]
         )
         async with running_app(products=[product], clock=clock, redis_client=redis_client) as h:
@@ -161,12 +162,33 @@ async def test_platform_failure_is_retried_and_loses_nothing(
             clock.advance(6.5)
             assert await h.deliver() == 0  # the platform's wait hint is honoured
             clock.advance(0.6)
-            assert await h.deliver() == 1
+            assert await h.deliver() == 2  # the retried note, then the one B waited for
             assert await h.deliver() == 0
-    bodies = [json.loads(c.request.content) for c in route.calls]
-    assert lines(bodies[-1]) == ["[1] A", "[2] B"]
-    # One note, one delivery id across its retries.
-    assert len({c.request.headers["webhook-id"] for c in route.calls}) == 1
+    sent = [(c.request.headers["webhook-id"], json.loads(c.request.content)) for c in route.calls]
+    # A retry is the same note: same delivery id, same actions; B, queued during the
+    # backoff, goes out in the next note under its own id.
+    assert [lines(body) for _, body in sent] == [["[1] A"]] * 3 + [["[1] B"]]
+    assert len({delivery_id for delivery_id, _ in sent[:3]}) == 1
+    assert sent[3][0] != sent[0][0]
+
+
+async def test_a_note_taken_over_after_a_crash_is_sent_unchanged(
+    redis_client, clock: ManualClock, bot
+) -> None:
+    """A process died mid-post; whoever takes the lease over re-sends the very same note."""
+    product = make_product(post_link_debounce_s=0)
+    async with running_app(products=[product], clock=clock, redis_client=redis_client) as h:
+        await link(h)
+        await h.post_batch("acme", batch("s1", ("A", T0)))
+        (crashed,) = await h.services.store.claim_due(
+            now=clock.now(), limit=1, lease_s=30, max_note_actions=1000
+        )
+        await h.post_batch("acme", batch("s1", ("B", T0 + 1)))
+        clock.advance(31)
+        assert await h.deliver() == 2
+    ids = [call.request.headers["webhook-id"] for call in bot.calls]
+    assert [lines(n) for n in notes(bot)] == [["[1] A"], ["[1] B"]]
+    assert ids[0] == crashed.delivery_id and ids[1] != ids[0]
 
 
 async def test_permanent_failure_goes_to_the_dead_letter_list(

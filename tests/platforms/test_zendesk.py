@@ -777,7 +777,7 @@ async def test_route_answers_a_replayed_invocation_as_duplicate(
         again = await post_event(bridge.client, body, signed(body))
     assert first.json()["status"] == "linked"
     assert again.status_code == 200
-    assert again.json() == {"status": "duplicate", "session_id": None, "conversation_id": TICKET_ID}
+    assert again.json() == {"status": "duplicate", "session_id": "s1", "conversation_id": TICKET_ID}
 
 
 async def test_route_rejects_a_bad_signature_and_links_nothing(

@@ -98,9 +98,12 @@ async def test_every_key_has_a_ttl_except_the_due_queue(
     store: RedisStore, redis_client: aioredis.Redis
 ) -> None:
     await store.ingest(PRODUCT, actions("s1", ("A", T0), user_id="u1", email="a@b.c"), now=T0)
-    await store.resolve_session("acme", user_id="u2", email="x@y.z", conversation_id="c2")
-    await store.first_delivery("acme", "msg-1")
-    await store.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
+    await store.resolve_session(
+        "acme", user_id="u2", email="x@y.z", conversation_id="c2", delivery_id="msg-0"
+    )
+    await store.link(
+        PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0, delivery_id="msg-1"
+    )
     (c,) = await claim(store, T0)
     await store.ack(c, PRODUCT, note_id="n1", now=T0)
     await store.ingest(PRODUCT, actions("s1", ("B", T0 + 1)), now=T0 + 1)
@@ -141,3 +144,26 @@ async def test_the_embedded_store_runs_the_same_scripts() -> None:
     assert c.source == "pre" and described(c) == ["A", "B"]
     assert (await embedded.ack(c, PRODUCT, note_id="n", now=T0)).acked
     assert await claim(embedded, T0 + 100) == []
+
+
+async def test_a_webhook_delivery_is_recorded_with_the_link_it_makes(store: RedisStore) -> None:
+    first = await store.link(
+        PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0, delivery_id="d1"
+    )
+    moved = await store.link(
+        PRODUCT, session_id="s1", conversation_id="c2", event=None, now=T0, delivery_id="d2"
+    )
+    replayed = await store.link(
+        PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0, delivery_id="d1"
+    )
+    assert (first.status, moved.status, replayed.status) == ("linked", "linked", "duplicate")
+    # The replay of the older delivery did not move the session back to c1.
+    again = await store.link(PRODUCT, session_id="s1", conversation_id="c2", event=None, now=T0)
+    assert again.status == "already_linked"
+
+
+async def test_a_pending_link_records_its_delivery(store: RedisStore) -> None:
+    args = {"user_id": "u9", "email": None, "conversation_id": "c9", "delivery_id": "d9"}
+    first = await store.resolve_session("acme", **args)
+    second = await store.resolve_session("acme", **args)
+    assert (first.status, second.status) == ("pending", "duplicate")

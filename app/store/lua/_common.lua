@@ -106,3 +106,10 @@ local function proactive_gate(st, now_s, timeout_s, cooldown_s)
   if cooldown_until and cooldown_until > now_s then return false, 'v2_cooldown_active' end
   return true, 'ok'
 end
+
+-- A note's delivery: its id (kept across retries, the platform's idempotency key), its kind,
+-- the session's action counter when it was first tried (its retries carry exactly the actions
+-- queued up to then), and its retry bookkeeping.
+local function forget_delivery(st)
+  redis.call('HDEL', st, 'did', 'dk', 'pin', 'att', 'fail0', 'retry_at', 'err')
+end

@@ -20,7 +20,7 @@ elseif kind == 'out' then
 elseif redis.call('HGET', st, 'summary') == ARGV[10] then
   redis.call('HDEL', st, 'summary')
 end
-redis.call('HDEL', st, 'did', 'att', 'fail0', 'retry_at', 'err')
+forget_delivery(st)
 local notes = prefix .. 'notes'
 local replaced = {}
 if kind == 'summary' then

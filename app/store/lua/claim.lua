@@ -1,8 +1,44 @@
 -- Claim due sessions under a lease and hand out what their next note holds.
+-- A retried note is the same note: same delivery id, same kind, same actions (those queued up to
+-- its first try); actions queued since then wait for the next note.
 -- KEYS: due    ARGV: now_ms limit lease_ms token_prefix max_note_actions
 local due_key = KEYS[1]
 local now, limit, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local token_prefix, max_actions = ARGV[4], tonumber(ARGV[5])
+
+-- The actions of a note: the earliest (by time) of those queued up to `pin`.
+local function pinned(key, pin)
+  local chosen = {}
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    if tonumber(string.match(m, '^(%d+)|')) <= pin then
+      chosen[#chosen + 1] = m
+      if #chosen >= max_actions then break end
+    end
+  end
+  return chosen
+end
+
+local function has_content(kind, st, pre, out)
+  if kind == 'pre' or kind == 'out' then
+    return redis.call('ZCARD', kind == 'pre' and pre or out) > 0
+  end
+  return redis.call('HEXISTS', st, 'summary') == 1
+end
+
+-- The at-link flush goes first, then queued actions, then a held summary; a note being
+-- retried keeps its kind.
+local function choose(st, pre, out, s)
+  if s.did then
+    if has_content(s.dk, st, pre, out) then return s.dk end
+    forget_delivery(st)
+    s.did, s.att, s.fail0 = nil, nil, nil
+  end
+  if s.flush == '1' and redis.call('ZCARD', pre) > 0 then return 'pre' end
+  if redis.call('ZCARD', out) > 0 then return 'out' end
+  if s.summary then return 'summary' end
+  return nil
+end
+
 local claims = {}
 local members = redis.call('ZRANGEBYSCORE', due_key, '-inf', fmt(now), 'LIMIT', 0, limit)
 for n, member in ipairs(members) do
@@ -12,31 +48,30 @@ for n, member in ipairs(members) do
   else
     -- A lease that ran out belongs to a process that died mid-note: take its work back.
     end_flight(st, true)
-    local s = redis.call('HMGET', st, 'conv', 'flush', 'summary', 'did', 'att', 'fail0', 'qf',
-      'linked_at')
-    local kind, actions, queued_at = nil, {}, fmt(now)
-    if s[1] then
-      if s[2] == '1' and redis.call('ZCARD', pre) > 0 then
-        kind, actions = 'pre', redis.call('ZRANGE', pre, 0, max_actions - 1)
-        queued_at = s[8] or queued_at
-      elseif redis.call('ZCARD', out) > 0 then
-        kind, actions = 'out', redis.call('ZRANGE', out, 0, max_actions - 1)
-        queued_at = s[7] or queued_at
+    local f = redis.call('HMGET', st, 'conv', 'flush', 'summary', 'did', 'dk', 'pin', 'att',
+      'fail0', 'qf', 'linked_at', 'seq')
+    local s = {conv = f[1], flush = f[2], summary = f[3], did = f[4], dk = f[5], pin = f[6],
+      att = f[7], fail0 = f[8]}
+    local kind = s.conv and choose(st, pre, out, s) or nil
+    if kind then
+      local token = token_prefix .. n
+      if not s.did then
+        s.did, s.pin = token, f[11] or '0'
+        redis.call('HSET', st, 'did', s.did, 'dk', kind, 'pin', s.pin)
+      end
+      local actions, queued_at = {}, fmt(now)
+      if kind == 'pre' then
+        actions, queued_at = pinned(pre, tonumber(s.pin)), f[10] or queued_at
+      elseif kind == 'out' then
+        actions, queued_at = pinned(out, tonumber(s.pin)), f[9] or queued_at
         -- Actions arriving from now on start the next note's max-wait clock.
         redis.call('HSET', st, 'ff', queued_at)
         redis.call('HDEL', st, 'qf')
-      elseif s[3] then
-        kind = 'summary'
       end
-    end
-    if kind then
-      local token = token_prefix .. n
-      local did = s[4] or token
-      redis.call('HSET', st, 'lease', token, 'lease_until', fmt(now + lease_ms), 'lk', kind,
-        'did', did)
+      redis.call('HSET', st, 'lease', token, 'lease_until', fmt(now + lease_ms), 'lk', kind)
       redis.call('ZADD', due_key, fmt(now + lease_ms), member)
-      claims[#claims + 1] = {member, kind, s[1], token, did, s[5] or '0', s[6] or '',
-        s[3] or '', actions, queued_at}
+      claims[#claims + 1] = {member, kind, s.conv, token, s.did, s.att or '0', s.fail0 or '',
+        s.summary or '', actions, queued_at}
     else
       redis.call('HDEL', st, 'flush')
       redis.call('ZREM', due_key, member)

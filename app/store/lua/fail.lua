@@ -25,15 +25,15 @@ elseif mode == 'dead' then
   end
   redis.call('LPUSH', dead_key, ARGV[12])
   redis.call('EXPIRE', dead_key, ARGV[13])
-  redis.call('HDEL', st, 'did', 'att', 'fail0', 'retry_at', 'err')
+  forget_delivery(st)
 else
   if redis.call('EXISTS', out) == 1 then
     redis.call('ZUNIONSTORE', pre, 2, pre, out)
     redis.call('DEL', out)
   end
   redis.call('EXPIRE', pre, ARGV[11])
-  redis.call('HDEL', st, 'conv', 'linked_at', 'flush', 'qf', 'ql', 'did', 'att', 'fail0',
-    'retry_at', 'err')
+  redis.call('HDEL', st, 'conv', 'linked_at', 'flush', 'qf', 'ql')
+  forget_delivery(st)
 end
 touch(st, now, ARGV[10])
 schedule(st, pre, out, due_key, member, now, debounce, max_wait)

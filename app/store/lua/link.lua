@@ -1,10 +1,16 @@
 -- Link a session to a conversation (SPEC §5.4). A user message (a platform webhook) also moves
 -- the session to reactive_assistance, whether or not the link changes.
--- KEYS: state pre out due    ARGV: now_ms member conversation_id event debounce_ms max_wait_ms
---                                  session_ttl_s user_message
+-- A webhook's delivery id is recorded here, with the link it causes, so a redelivery is
+-- either applied or reported as a duplicate, never lost between the two.
+-- KEYS: state pre out due delivery    ARGV: now_ms member conversation_id event debounce_ms
+--                                           max_wait_ms session_ttl_s user_message dedupe_ttl_s
 local st, pre, out, due_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, member, conv, event = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local debounce, max_wait, session_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+
+if KEYS[5] ~= '' and not redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[9]) then
+  return {'duplicate', '', -1}
+end
 
 if ARGV[8] == '1' then
   redis.call('HSET', st, 'fsm', 'reactive_assistance', 'last_interaction_at', fmt(now / 1000))
