@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # `make run` uses your config/products.toml, or the example file when there is none.
 PRODUCTS_FILE := $(if $(wildcard config/products.toml),config/products.toml,config/products.example.toml)
 
-.PHONY: install run test lint format check-config bench chaos clean
+.PHONY: install run test lint format check-config chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,14 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check app tests
-	$(VENV)/bin/ruff format --check app tests
+	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff format --check app tests bench
 	$(VENV)/bin/mypy app
 	$(VENV)/bin/hadolint Dockerfile
 
 format: install
-	$(VENV)/bin/ruff format app tests
-	$(VENV)/bin/ruff check --fix app tests
+	$(VENV)/bin/ruff format app tests bench
+	$(VENV)/bin/ruff check --fix app tests bench
 
 chaos: install
 	$(PY) bench/chaos.py

@@ -1,0 +1,771 @@
+"""Fault-injection run (issue 5, SPEC §8): is every accepted action delivered, dead-lettered or
+dropped by policy, while the service is SIGKILLed, the bot fails and Redis restarts?
+
+It starts its own redis-server (append-only, fsync always), the fake bot and the service
+(``python -m app serve``), sends a few hundred sessions of traffic the way a real sender does
+(retrying 503s and connection errors), injects the faults, waits for the queue to drain, then
+compares every accepted action with the notes the bot received. Exit code 1 when one was lost.
+
+    .venv/bin/python bench/chaos.py [--duration 60] [--sessions 300] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import heapq
+import itertools
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The fakes and the service runner live in tests/, next to this folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+import redis
+
+from app.store import keys
+from tests.conftest import HTTP_SECRET, INGEST_TOKEN, WEBHOOK_SECRET, free_port, start_redis_server
+from tests.e2e.service import Bridge, bridge
+from tests.fakes.bot import Attempt, FakeBot, running_bot
+from tests.harness import signed_webhook
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRODUCT = "chaos"
+RESULTS_FILE = REPO_ROOT / "bench" / "results" / "chaos-latest.json"
+PRODUCTS_TOML = f"""
+[products.{PRODUCT}]
+platform = "http"
+ingest_token = "{INGEST_TOKEN}"
+pre_link_window_s = 120.0
+max_pending_actions = 1000
+post_link_debounce_s = 0.15
+post_link_max_wait_s = 1.0
+bin_seconds = 3
+
+[products.{PRODUCT}.http]
+url = "{{url}}"
+signing_secret = "{HTTP_SECRET}"
+webhook_secret = "{WEBHOOK_SECRET}"
+"""
+
+ACTION_STEP_S = 0.5  # between a session's actions: its sequence order is its time order
+SENDER_TIMEOUT_S = 5.0
+SENDER_GIVE_UP_S = 90.0
+RETRY_STATUSES = frozenset({502, 503, 504})
+BOT_FAILURE_S = 15.0
+THROTTLED_POSTS = 5
+THROTTLE_RETRY_AFTER_S = 2
+REDIS_DOWN_S = 2.0  # about what a real Redis restart takes (a container, a failover)
+# A note the bot accepted this close to a crash may not have been acknowledged in Redis: the
+# next process posts it again (at-least-once, SPEC §8).
+CRASH_SLACK_S = 2.0
+DRAIN_QUIET_S = 3.0
+DRAIN_TIMEOUT_S = 100.0
+PROGRESS_EVERY_S = 10.0
+
+
+def log(start: float, message: str) -> None:
+    print(f"[{time.monotonic() - start:6.1f}s] {message}", flush=True)
+
+
+# -- infrastructure -------------------------------------------------------------------------
+
+
+class RedisProcess:
+    """A redis-server with append-only persistence that can be restarted on its port and dir."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._workdir = workdir
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.client = redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def start(self) -> None:
+        self._proc = start_redis_server(self.port, workdir=str(self._workdir), appendonly=True)
+        # Every write is on disk before Redis answers: a 2xx then really means durable.
+        self.client.config_set("appendfsync", "always")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()  # SIGTERM: Redis flushes the AOF and exits
+            self._proc.wait(timeout=30)
+
+    def restart(self, *, down_s: float) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+class ServiceProcess:
+    """The service as a subprocess (tests/e2e/service.py); SIGKILL and start it again."""
+
+    def __init__(self, *, redis_url: str, products_file: Path, log_dir: Path) -> None:
+        self._redis_url = redis_url
+        self._products_file = products_file
+        self._log_dir = log_dir
+        self._stack: contextlib.ExitStack | None = None
+        self._bridge: Bridge | None = None
+        self.incarnation = 0
+        self.url: str | None = None
+        self.dropped_by_policy = 0.0  # scraped from /metrics before each process ends
+
+    def start(self) -> Bridge:
+        self.incarnation += 1
+        stack = contextlib.ExitStack()
+        log_path = self._log_dir / f"service-{self.incarnation}.log"
+        self._bridge = stack.enter_context(
+            bridge(redis_url=self._redis_url, products_file=self._products_file, log_path=log_path)
+        )
+        self._stack = stack
+        self.url = str(self._bridge.client.base_url).rstrip("/")
+        return self._bridge
+
+    def kill(self) -> int:
+        assert self._bridge is not None and self._stack is not None
+        self._scrape_drops(self._bridge)
+        pid = self._bridge.proc.pid
+        self._bridge.kill()
+        self._stack.close()
+        self._bridge = None
+        return pid
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful drain) through the runner's own exit."""
+        if self._bridge is not None and self._stack is not None:
+            self._scrape_drops(self._bridge)
+            self._stack.close()
+            self._bridge = None
+
+    def _scrape_drops(self, running: Bridge) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            text = running.client.get("/metrics").text
+            self.dropped_by_policy += sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("bridge_actions_dropped_total{")
+            )
+
+
+# -- traffic --------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionPlan:
+    """One session's traffic: action batches before and after its link webhook."""
+
+    index: int
+    start_at: float  # seconds into the run
+    base_ts: float  # timestamp_start of its first action
+    pre: list[list[str]] = field(default_factory=list)
+    post: list[list[str]] = field(default_factory=list)
+
+    @property
+    def session_id(self) -> str:
+        return f"chaos-{self.index:04d}"
+
+    def timestamp(self, description: str) -> float:
+        return self.base_ts + ACTION_STEP_S * sequence(description)
+
+
+def sequence(description: str) -> int:
+    return int(description.rsplit("-a", 1)[1])
+
+
+def plan_sessions(rng: random.Random, *, sessions: int, window_s: float) -> list[SessionPlan]:
+    now = time.time()
+    plans = []
+    for index in range(sessions):
+        start_at = rng.uniform(0.0, window_s)
+        plan, seq = SessionPlan(index, start_at, now + start_at), 0
+        for batches, count in ((plan.pre, rng.randint(2, 3)), (plan.post, rng.randint(3, 5))):
+            for _ in range(count):
+                size = rng.randint(1, 3)
+                batches.append([f"c{index:04d}-a{seq + k:03d}" for k in range(size)])
+                seq += size
+        plans.append(plan)
+    return plans
+
+
+@dataclass
+class Ledger:
+    """What the senders got: accepted actions and link answers (thread-safe)."""
+
+    accepted: dict[str, SessionPlan] = field(default_factory=dict)
+    pre_link: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    unaccepted: set[str] = field(default_factory=set)
+    link_answers: Counter[str] = field(default_factory=Counter)
+    odd_links: list[dict[str, Any]] = field(default_factory=list)
+    requests: Counter[str] = field(default_factory=Counter)
+    sessions_done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def batch(self, plan: SessionPlan, descriptions: list[str], *, pre: bool, ok: bool) -> None:
+        with self.lock:
+            for d in descriptions:
+                if ok:
+                    self.accepted[d] = plan
+                else:
+                    self.unaccepted.add(d)
+            if ok and pre:
+                self.pre_link[plan.session_id].update(descriptions)
+
+    def link(self, plan: SessionPlan, status: str | None, trail: list[str]) -> None:
+        with self.lock:
+            self.link_answers[status or "gave_up"] += 1
+            if status != "linked":
+                # A retried webhook may rightly be a duplicate; it must still have linked.
+                self.odd_links.append({"session_id": plan.session_id, "tries": trail})
+
+    def count(self, outcome: str) -> None:
+        with self.lock:
+            self.requests[outcome] += 1
+
+
+class Sender:
+    """Posts like a real sender: 503s and connection errors are retried with backoff (honouring
+    ``Retry-After``); a batch counts as accepted only on a 202, a webhook is sent until a 200."""
+
+    def __init__(self, service: ServiceProcess, ledger: Ledger, start: float) -> None:
+        self._service = service
+        self._start = start
+        self._ledger = ledger
+        self._http = httpx.Client(timeout=SENDER_TIMEOUT_S)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def post_batch(self, plan: SessionPlan, descriptions: list[str]) -> bool:
+        actions = [{"description": d, "timestamp_start": plan.timestamp(d)} for d in descriptions]
+        body = {"session_id": plan.session_id, "actions": actions}
+        headers = {"authorization": f"Bearer {INGEST_TOKEN}"}
+        r = self._send(
+            lambda url: self._http.post(f"{url}/actions/{PRODUCT}", json=body, headers=headers)
+        )
+        return r is not None and r.status_code == 202
+
+    def link(self, plan: SessionPlan, trail: list[str]) -> str | None:
+        body = {
+            "event": "conversation.created",
+            "conversation_id": f"conv-{plan.index:04d}",
+            "session_id": plan.session_id,
+        }
+        msg_id = f"msg_chaos_{plan.index}"  # one delivery, retried under the same id
+
+        def attempt(url: str) -> httpx.Response:
+            raw, headers = signed_webhook(body, now=time.time(), msg_id=msg_id)
+            return self._http.post(f"{url}/chatbot-webhook/{PRODUCT}", content=raw, headers=headers)
+
+        r = self._send(attempt, trail)
+        return str(r.json()["status"]) if r is not None and r.status_code == 200 else None
+
+    def _send(
+        self, request: Callable[[str], httpx.Response], trail: list[str] | None = None
+    ) -> httpx.Response | None:
+        """Send until a final answer; ``trail`` collects each try's time and outcome."""
+        deadline, backoff_s = time.monotonic() + SENDER_GIVE_UP_S, 0.1
+        while True:
+            at = time.monotonic() - self._start
+            response, wait_s, outcome = self._try(request)
+            if trail is not None:
+                add_try(trail, at, outcome)
+            if response is not None:
+                return response
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(wait_s if wait_s is not None else backoff_s)
+            backoff_s = min(2.0, backoff_s * 2)
+
+    def _try(
+        self, request: Callable[[str], httpx.Response]
+    ) -> tuple[httpx.Response | None, float | None, str]:
+        """One attempt: the final response, or None and the server's wait hint to retry."""
+        url = self._service.url
+        if url is None:
+            return None, 0.1, "service_restarting"
+        try:
+            response = request(url)
+        except httpx.TransportError as exc:
+            self._ledger.count("transport_error")
+            return None, None, type(exc).__name__
+        outcome = f"http_{response.status_code}"
+        self._ledger.count(outcome)
+        if response.status_code not in RETRY_STATUSES:
+            return response, None, outcome
+        hint = response.headers.get("retry-after", "")
+        return None, min(float(hint), 5.0) if hint.isdigit() else None, outcome
+
+
+def add_try(trail: list[str], at: float, outcome: str) -> None:
+    """Append ``"<time> <outcome>"``, folding a run of equal outcomes into ``"... xN"``."""
+    if trail and trail[-1].split(" ")[1] == outcome:
+        first_at, _, *count = trail[-1].split(" ")
+        times = int(count[0][1:]) + 1 if count else 2
+        trail[-1] = f"{first_at} {outcome} x{times}"
+    else:
+        trail.append(f"{at:.2f}s {outcome}")
+
+
+def session_traffic(
+    plan: SessionPlan, sender: Sender, ledger: Ledger, rng: random.Random
+) -> Iterator[float]:
+    """Send one session's requests in order, yielding the pause before each next one."""
+    for descriptions in plan.pre:
+        ledger.batch(plan, descriptions, pre=True, ok=sender.post_batch(plan, descriptions))
+        yield rng.uniform(0.05, 1.5)
+    trail: list[str] = []
+    ledger.link(plan, sender.link(plan, trail), trail)
+    for descriptions in plan.post:
+        yield rng.uniform(0.05, 1.5)
+        ledger.batch(plan, descriptions, pre=False, ok=sender.post_batch(plan, descriptions))
+    with ledger.lock:
+        ledger.sessions_done += 1
+
+
+class Scheduler:
+    """Runs many sessions on a few threads: each session is a generator yielding its pauses,
+    and only one thread advances a given session at a time, so its requests stay in order."""
+
+    def __init__(self, start: float) -> None:
+        self._start = start
+        self._heap: list[tuple[float, int, Iterator[float]]] = []
+        self._ids = itertools.count()
+        self._cond = threading.Condition()
+        self._active = 0
+        self.errors = 0
+
+    def add(self, at_s: float, job: Iterator[float]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (self._start + at_s, next(self._ids), job))
+            self._cond.notify()
+
+    def run(self, workers: int) -> list[threading.Thread]:
+        threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def _work(self) -> None:
+        while (job := self._take()) is not None:
+            pause = None
+            try:
+                pause = next(job, None)
+            except Exception as exc:  # a broken session must not stall the others
+                print(f"a session's traffic failed: {exc!r}", file=sys.stderr)
+                with self._cond:
+                    self.errors += 1
+            finally:
+                self._done(job, pause)
+
+    def _done(self, job: Iterator[float], pause: float | None) -> None:
+        with self._cond:
+            self._active -= 1
+            if pause is not None:
+                heapq.heappush(self._heap, (time.monotonic() + pause, next(self._ids), job))
+            self._cond.notify_all()
+
+    def _take(self) -> Iterator[float] | None:
+        with self._cond:
+            while True:
+                if not self._heap and self._active == 0:
+                    return None
+                if self._heap and self._heap[0][0] <= time.monotonic():
+                    self._active += 1
+                    return heapq.heappop(self._heap)[2]
+                timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                self._cond.wait(timeout)
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FaultWindow:
+    """When a fault could have cut the service off between a confirmed note and its ack."""
+
+    name: str
+    start: float  # time.monotonic()
+    end: float
+
+
+@dataclass
+class Chaos:
+    """The running pieces and the faults applied to them."""
+
+    start: float
+    redis: RedisProcess
+    service: ServiceProcess
+    bot: FakeBot
+    windows: list[FaultWindow] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        log(self.start, message)
+        self.timeline.append({"at_s": round(time.monotonic() - self.start, 2), "event": message})
+
+    def kill_service(self) -> None:
+        begun = time.monotonic()
+        pid = self.service.kill()
+        self.service.url = None  # until the new process is ready
+        self.windows.append(FaultWindow("sigkill", begun, begun))
+        self.note(f"SIGKILL service pid {pid}; starting a new process")
+        self.service.start()
+        took = time.monotonic() - begun
+        self.note(
+            f"service #{self.service.incarnation} ready at {self.service.url} after {took:.1f} s"
+        )
+
+    def fail_bot(self, seed: int) -> None:
+        self.bot.fail_randomly(0.5, status=503, until=time.monotonic() + BOT_FAILURE_S, seed=seed)
+        self.note(f"bot fails 50% of note posts with 503 for {BOT_FAILURE_S:.0f} s")
+
+    def throttle_bot(self) -> None:
+        self.bot.throttle(THROTTLED_POSTS, THROTTLE_RETRY_AFTER_S)
+        hint, n = THROTTLE_RETRY_AFTER_S, THROTTLED_POSTS
+        self.note(f"bot answers 429 Retry-After: {hint} to the next {n} posts")
+
+    def restart_redis(self) -> None:
+        begun = time.monotonic()
+        self.note(f"SIGTERM redis-server; down for {REDIS_DOWN_S:.0f} s")
+        self.redis.restart(down_s=REDIS_DOWN_S)
+        self.windows.append(FaultWindow("redis_restart", begun, time.monotonic()))
+        took, keys_after = time.monotonic() - begun, self.redis.client.dbsize()
+        self.note(f"redis-server back on its port and AOF after {took:.1f} s")
+        self.note(f"redis holds {keys_after} keys after the restart")
+
+    def progress(self, ledger: Ledger, total: int) -> None:
+        with ledger.lock:
+            done, accepted = ledger.sessions_done, len(ledger.accepted)
+        notes, due = len(self.bot.notes), due_count(self.redis)
+        status = f"{done}/{total} sessions done, {accepted} actions accepted, {notes} notes"
+        log(self.start, f"{status}, {due} due")
+
+
+def fault_schedule(
+    chaos: Chaos, duration_s: float, seed: int
+) -> list[tuple[float, Callable[[], None]]]:
+    events: list[tuple[float, Callable[[], None]]] = [
+        (duration_s * f, chaos.kill_service) for f in (0.2, 0.4, 0.6, 0.8)
+    ]
+    failing_from = duration_s * 0.3
+    events += [
+        (failing_from, lambda: chaos.fail_bot(seed)),
+        (failing_from + BOT_FAILURE_S, lambda: chaos.note("bot failures end")),
+        (duration_s * 0.45, chaos.throttle_bot),
+        (duration_s * 0.5, chaos.restart_redis),
+    ]
+    return sorted(events, key=lambda e: e[0])
+
+
+def run_faults(
+    chaos: Chaos,
+    events: list[tuple[float, Callable[[], None]]],
+    progress: Callable[[], None],
+    until: Callable[[], bool],
+) -> None:
+    """Apply each fault at its time, with a progress line every few seconds, until traffic ends."""
+    pending = list(events)
+    next_progress = PROGRESS_EVERY_S
+    while pending or not until():
+        elapsed = time.monotonic() - chaos.start
+        if pending and pending[0][0] <= elapsed:
+            pending.pop(0)[1]()
+        elif elapsed >= next_progress:
+            progress()
+            next_progress += PROGRESS_EVERY_S
+        else:
+            time.sleep(0.05)
+
+
+def due_count(r: RedisProcess) -> int | None:
+    try:
+        return int(r.client.zcard(keys.DUE))
+    except redis.RedisError:
+        return None
+
+
+def wait_for_drain(chaos: Chaos) -> bool:
+    """Until the due queue is empty and the bot saw nothing new for a while."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    seen, quiet_since = len(chaos.bot.attempts), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        count = len(chaos.bot.attempts)
+        if count != seen or due_count(chaos.redis) != 0:
+            seen, quiet_since = count, time.monotonic()
+        elif time.monotonic() - quiet_since >= DRAIN_QUIET_S:
+            return True
+    return False
+
+
+# -- accounting -----------------------------------------------------------------------------
+
+
+def dead_lettered(r: RedisProcess) -> set[str]:
+    entries = r.client.lrange(keys.dead_letter_key(PRODUCT), 0, -1)
+    return {str(a["description"]) for e in entries for a in json.loads(e).get("actions", [])}
+
+
+def descriptions(note: Attempt) -> list[str]:
+    return [str(a["description"]) for a in note.payload["actions"]]
+
+
+def in_crash_window(first_at: float, again_at: float, windows: list[FaultWindow]) -> bool:
+    return any(
+        w.start - CRASH_SLACK_S <= first_at <= w.end + CRASH_SLACK_S and again_at >= w.start
+        for w in windows
+    )
+
+
+def repeats(groups: dict[str, list[Attempt]], windows: list[FaultWindow]) -> tuple[int, int]:
+    """Extra copies among the groups, and how many of them no crash window explains."""
+    total = outside = 0
+    for copies in groups.values():
+        first, *again = sorted(copies, key=lambda n: n.received_at)
+        total += len(again)
+        outside += sum(
+            not in_crash_window(first.received_at, n.received_at, windows) for n in again
+        )
+    return total, outside
+
+
+def duplicates(notes: list[Attempt], windows: list[FaultWindow]) -> dict[str, int]:
+    by_id: dict[str, list[Attempt]] = defaultdict(list)
+    by_action: dict[str, list[Attempt]] = defaultdict(list)
+    for note in notes:
+        by_id[note.webhook_id].append(note)
+        for d in descriptions(note):
+            by_action[d].append(note)
+    notes_total, notes_outside = repeats(by_id, windows)
+    actions_total, actions_outside = repeats(by_action, windows)
+    return {
+        "duplicate_notes": notes_total,
+        "duplicate_notes_outside_crash_windows": notes_outside,
+        "duplicate_actions": actions_total,
+        "duplicate_actions_outside_crash_windows": actions_outside,
+        "same_webhook_id_different_actions": len(changed_content(notes)),
+    }
+
+
+def changed_content(attempts: list[Attempt]) -> list[list[dict[str, Any]]]:
+    """Posts sharing one webhook-id (one note, retried) that did not carry the same actions."""
+    by_id: dict[str, list[Attempt]] = defaultdict(list)
+    for attempt in attempts:
+        by_id[attempt.webhook_id].append(attempt)
+    return [
+        [{"status": a.status, "actions": descriptions(a)} for a in group]
+        for group in by_id.values()
+        if len({tuple(descriptions(a)) for a in group}) > 1
+    ]
+
+
+def unlinked_sessions(chaos: Chaos, ledger: Ledger) -> list[str]:
+    """Sessions whose link webhook got a 200 but that hold no conversation in Redis."""
+    sessions = {plan.session_id for plan in ledger.accepted.values()}
+    return sorted(
+        sid
+        for sid in sessions
+        if not chaos.redis.client.hexists(keys.session_keys(PRODUCT, sid)[0], "conv")
+    )
+
+
+def flush_first_violations(ledger: Ledger, notes: list[Attempt]) -> int:
+    """Sessions whose first note is not exactly their pre-link actions (the at-link flush)."""
+    first: dict[str, Attempt] = {}
+    for note in sorted(notes, key=lambda n: n.received_at):
+        first.setdefault(str(note.payload["session_id"]), note)
+    return sum(
+        sid not in first or set(descriptions(first[sid])) != actions
+        for sid, actions in ledger.pre_link.items()
+    )
+
+
+def account(chaos: Chaos, ledger: Ledger) -> dict[str, Any]:
+    notes = chaos.bot.notes
+    delivered = {d for note in notes for d in descriptions(note)}
+    accepted = set(ledger.accepted)
+    dead = dead_lettered(chaos.redis) & accepted
+    missing = accepted - delivered - dead
+    unlinked = unlinked_sessions(chaos, ledger)
+    retried_changed = changed_content(chaos.bot.attempts)
+    return {
+        "accepted": len(accepted),
+        "delivered": len(accepted & delivered),
+        "dropped_by_policy": int(chaos.service.dropped_by_policy),
+        "dead_lettered": len(dead),
+        "lost": len(missing),
+        **duplicates(notes, chaos.windows),
+        "flush_not_first": flush_first_violations(ledger, notes),
+        "notes": len(notes),
+        "unaccepted_batches_actions": len(ledger.unaccepted),
+        "delivered_but_never_accepted": len(delivered & ledger.unaccepted),
+        "links": dict(ledger.link_answers),
+        "links_not_answered_linked": ledger.odd_links,
+        "sessions_not_linked": unlinked,
+        "lost_in_unlinked_sessions": sum(
+            ledger.accepted[d].session_id in unlinked for d in missing
+        ),
+        "retries_with_changed_actions": len(retried_changed),
+        "retries_with_changed_actions_sample": retried_changed[:3],
+        "requests": dict(ledger.requests),
+        "bot_answers": {str(k): v for k, v in sorted(chaos.bot.status_counts().items())},
+        "lost_sample": sorted(missing)[:20],
+    }
+
+
+def explain_lost(chaos: Chaos, ledger: Ledger, lost: list[str]) -> None:
+    """Where the first few lost actions' sessions stand in Redis, for a root-cause hunt."""
+    for sid in sorted({ledger.accepted[d].session_id for d in lost})[:5]:
+        state, pre, out, _, _ = keys.session_keys(PRODUCT, sid)
+        client = chaos.redis.client
+        due = client.zscore(keys.DUE, keys.due_member(PRODUCT, sid))
+        print(f"  {sid}: state={client.hgetall(state)}")
+        print(f"  {sid}: pre={client.zcard(pre)} out={client.zcard(out)} due={due}")
+
+
+ROWS = (
+    ("accepted", "actions answered 202"),
+    ("delivered", "in a note the bot accepted"),
+    ("dropped_by_policy", "pre-link window/cap (0 by design)"),
+    ("dead_lettered", "in cb:dead:<product>"),
+    ("lost", "none of the above: MUST be 0"),
+    ("lost_in_unlinked_sessions", "of which: link webhook 200, session unlinked"),
+    ("duplicate_notes", "same webhook-id accepted again"),
+    ("duplicate_notes_outside_crash_windows", "MUST be 0"),
+    ("duplicate_actions", "an action in a second note"),
+    ("duplicate_actions_outside_crash_windows", "MUST be 0"),
+    ("same_webhook_id_different_actions", "accepted twice under one id, other actions"),
+    ("retries_with_changed_actions", "one webhook-id posted with other actions"),
+    ("flush_not_first", "sessions whose first note is not the flush"),
+)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print()
+    for key, meaning in ROWS:
+        print(f"  {key:<40} {result[key]:>7}   {meaning}")
+    print(f"  notes: {result['notes']}, bot answers: {result['bot_answers']}")
+    print(f"  link answers: {result['links']}, requests: {result['requests']}")
+    for odd in result["links_not_answered_linked"]:
+        print(f"  link webhook of {odd['session_id']}: {', '.join(odd['tries'])}")
+    if result["sessions_not_linked"]:
+        print(f"  sessions not linked at the end: {result['sessions_not_linked']}")
+    if (
+        result["duplicate_notes_outside_crash_windows"]
+        or result["duplicate_actions_outside_crash_windows"]
+    ):
+        print("  WARNING: duplicates outside crash windows (SPEC §8 allows them only there)")
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")
+    parser.add_argument("--sessions", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=8, help="sender threads")
+    return parser.parse_args(argv)
+
+
+def drive(chaos: Chaos, args: argparse.Namespace) -> Ledger:
+    """Send the traffic while the faults happen; returns what the senders got."""
+    rng = random.Random(args.seed)
+    plans = plan_sessions(rng, sessions=args.sessions, window_s=args.duration * 0.8)
+    ledger = Ledger()
+    sender = Sender(chaos.service, ledger, chaos.start)
+    scheduler = Scheduler(chaos.start)
+    for plan in plans:
+        scheduler.add(
+            plan.start_at, session_traffic(plan, sender, ledger, random.Random(rng.random()))
+        )
+    threads = scheduler.run(args.workers)
+    run_faults(
+        chaos,
+        fault_schedule(chaos, args.duration, args.seed),
+        progress=lambda: chaos.progress(ledger, len(plans)),
+        until=lambda: not any(t.is_alive() for t in threads),
+    )
+    sender.close()
+    if scheduler.errors:
+        chaos.note(f"{scheduler.errors} session(s) stopped on an unexpected error")
+    return ledger
+
+
+def finish(chaos: Chaos, ledger: Ledger, args: argparse.Namespace) -> dict[str, Any]:
+    chaos.note("traffic done; waiting for the due queue to drain")
+    drained = wait_for_drain(chaos)
+    chaos.note("drained" if drained else f"NOT drained after {DRAIN_TIMEOUT_S:.0f} s")
+    chaos.service.stop()
+    result = account(chaos, ledger)
+    if result["lost"]:
+        explain_lost(chaos, ledger, result["lost_sample"])
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "options": vars(args),
+        "drained": drained,
+        "runtime_s": round(time.monotonic() - chaos.start, 1),
+        "service_incarnations": chaos.service.incarnation,
+        **result,
+        "faults": chaos.timeline,
+    }
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    redis_proc = RedisProcess(workdir)
+    redis_proc.start()
+    try:
+        with running_bot(HTTP_SECRET) as bot:
+            products_file = workdir / "products.toml"
+            products_file.write_text(PRODUCTS_TOML.format(url=bot.url))
+            service = ServiceProcess(
+                redis_url=redis_proc.url, products_file=products_file, log_dir=workdir
+            )
+            service.start()
+            chaos = Chaos(time.monotonic(), redis_proc, service, bot)
+            chaos.note(f"redis :{redis_proc.port} (appendonly, fsync always), bot {bot.url}")
+            chaos.note(f"service #1 at {service.url}; traffic starts")
+            try:
+                ledger = drive(chaos, args)
+                return finish(chaos, ledger, args)
+            finally:
+                service.stop()
+    finally:
+        redis_proc.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
+    result = run(args, workdir)
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    ok = result["lost"] == 0 and result["drained"]
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"\nFAILED: service logs and the Redis AOF are kept in {workdir}")
+    print(f"results written to {RESULTS_FILE.relative_to(REPO_ROOT)}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
