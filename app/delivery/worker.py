@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Mapping
 
 import structlog
@@ -80,20 +81,27 @@ class DeliveryWorker:
         self._concurrency = concurrency
         self._rand = rand
         self._wake = asyncio.Event()
-        self._wake_at = 0.0
+        self._wake_at = math.inf
         self._drain_until: float | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def notify(self, due_at: float | None) -> None:
-        """Wake the loop early when local work became due sooner than it planned to look."""
+        """Bring the loop's next look forward when local work falls due sooner than planned.
+        Costs no I/O: a burst of ingests moves one timer instead of waking the loop each time."""
         if due_at is not None and due_at < self._wake_at:
+            self._wake_at = due_at
             self._wake.set()
+
+    def _wake_now(self) -> None:
+        self._wake_at = 0.0
+        self._wake.set()
 
     async def run(self) -> None:
         """Deliver until a drain started by stop() is complete."""
         failures = 0
         while True:
-            self._wake.clear()
+            # Until the loop sleeps again, any notify() brings its next look forward.
+            self._wake_at = math.inf
             try:
                 delay, next_due = await self._step()
                 failures = 0
@@ -117,7 +125,7 @@ class DeliveryWorker:
         """Start draining: notes that fall due within ``grace_s`` are still posted, later ones
         stay in the store for the next process. run() returns when the drain is done."""
         self._drain_until = self._clock.now() + grace_s
-        self._wake.set()
+        self._wake_now()
 
     def _drained(self, next_due: float | None) -> bool:
         if self._drain_until is None:
@@ -145,14 +153,17 @@ class DeliveryWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        self._wake.set()
+        self._wake_now()
 
     async def _sleep(self, delay: float) -> None:
-        self._wake_at = self._clock.now() + delay
-        if delay > 0:
+        self._wake_at = min(self._wake_at, self._clock.now() + delay)
+        while True:
+            self._wake.clear()
+            remaining = self._wake_at - self._clock.now()
+            if remaining <= 0:
+                return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-        self._wake_at = 0.0
+                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
 
     async def _claim(self, limit: int) -> list[Claim]:
         return await self._store.claim_due(
