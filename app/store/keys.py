@@ -38,7 +38,8 @@ def session_prefix(product_id: str, session_id: str) -> str:
 
 
 def session_keys(product_id: str, session_id: str) -> list[str]:
-    """``state`` (hash), ``pre`` and ``out`` (sorted sets), ``seen`` (set), ``notes`` (list)."""
+    """``state`` (hash), ``pre`` and ``out`` (sorted sets), ``seen`` (hash of action digests),
+    ``notes`` (list)."""
     prefix = session_prefix(product_id, session_id)
     return [prefix + name for name in ("state", "pre", "out", "seen", "notes")]
 

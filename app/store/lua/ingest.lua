@@ -11,7 +11,8 @@ local session_ttl, buffer_ttl, identity_ttl = ARGV[11], ARGV[12], ARGV[13]
 
 local fresh, duplicates = {}, 0
 for i = 14, #ARGV, 3 do
-  if redis.call('SADD', seen, ARGV[i]) == 1 then
+  -- A hash, not a set: small hashes are listpack-encoded, so an idle session stays small.
+  if redis.call('HSETNX', seen, ARGV[i], '') == 1 then
     fresh[#fresh + 1] = i
   else
     duplicates = duplicates + 1
