@@ -11,34 +11,24 @@ from app.models import SlimAction
 from app.notes import NoteLine
 
 # The fields of an action a note or the http platform's ``actions`` list can use.
-_STORED_FIELDS = (
-    "description",
-    "timestamp_start",
-    "timestamp_end",
-    "type",
-    "title",
-    "canonical_url",
-    "raw_url",
+_STORED_FIELDS: set[str] = set(
+    {"description", "timestamp_start", "timestamp_end", "type", "title", "canonical_url", "raw_url"}
 )
 
 
 def action_digest(action: SlimAction) -> bytes:
-    """The identity of SPEC §4.1 (the session is implied by the key): redeliveries collide."""
-    identity = json.dumps(
-        [action.timestamp_start, action.type, action.description, action.canonical_url],
-        ensure_ascii=False,
-        separators=(",", ":"),
+    """The identity of SPEC §4.1 (the session is implied by the key): redeliveries collide.
+    ``repr`` keeps it unambiguous: ``None`` differs from ``"None"``, separators are escaped."""
+    identity = (
+        f"{action.timestamp_start!r}\x1f{action.type!r}\x1f{action.description!r}"
+        f"\x1f{action.canonical_url!r}"
     )
     return hashlib.blake2b(identity.encode(), digest_size=12).digest()
 
 
 def encode_action(action: SlimAction) -> str:
-    data = {}
-    for name in _STORED_FIELDS:
-        value = getattr(action, name)
-        if value is not None:
-            data[name] = value
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON of the stored fields (serialised by pydantic's core, the hot path)."""
+    return action.model_dump_json(include=_STORED_FIELDS, exclude_none=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,14 +181,21 @@ class RedisStore:
             pipe.evalsha(self._scripts[name].sha, len(script_keys), *script_keys, *args)
         return await pipe.execute()
 
+    async def _evalsha(self, calls: Sequence[tuple[ScriptName, list[str], list[Any]]]) -> Any:
+        if len(calls) == 1:  # the common case: no pipeline to build
+            name, script_keys, args = calls[0]
+            sha = self._scripts[name].sha
+            return [await self._redis.evalsha(sha, len(script_keys), *script_keys, *args)]
+        return await self._evalsha_all(calls)
+
     async def run_many(self, calls: Sequence[tuple[ScriptName, list[str], list[Any]]]) -> list[Any]:
         """Run scripts in one round trip (each one atomic); loads them after a Redis restart."""
         try:
             try:
-                return list(await self._evalsha_all(calls))
+                return list(await self._evalsha(calls))
             except NoScriptError:
                 await self.load_scripts()
-                return list(await self._evalsha_all(calls))
+                return list(await self._evalsha(calls))
         except (ConnectionError, TimeoutError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
         except ResponseError as exc:
