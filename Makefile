@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # `make run` uses your config/products.toml, or the example file when there is none.
 PRODUCTS_FILE := $(if $(wildcard config/products.toml),config/products.toml,config/products.example.toml)
 
-.PHONY: install run test lint format check-config chaos clean
+.PHONY: install run test lint format check-config chaos bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ format: install
 
 chaos: install
 	$(PY) bench/chaos.py
+
+bench: install
+	$(PY) bench/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks and fault-injection runs (`make bench`, `make chaos`): scripts, not tests."""

@@ -1,0 +1,518 @@
+"""`make bench`: the performance targets of SPEC §11, each measured against a baseline run in
+the same invocation, on loopback, with every process started and stopped here.
+
+  B1  ingest throughput (wrk): the service vs a bare FastAPI endpoint (bench/baseline_app.py)
+  B2  post-link delivery latency: last batch's 202 -> note at the fake bot, vs the debounce
+  B3  coalescing: notes per burst of 10 batches 20 ms apart
+  B5  at-link flush: link webhook sent -> flush note at the fake bot, vs one direct hop
+  B4  idle linked sessions: Redis bytes per session, and B1 again at that size
+
+    .venv/bin/python bench/bench.py [--b4-sessions 100000] [--quick]
+
+Results go to bench/results/latest.json; docs/performance.md explains the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+# The repository root first: `bench` is then the package (bench/__init__.py), not this file.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.products import ProductConfig, load_products
+from bench import infra, latency, scale, throughput
+from bench.chaos import log
+from bench.infra import BotRecords, RedisHandle
+from bench.loadgen import Sender, link_all
+from tests.e2e.service import Bridge
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_FILE = REPO_ROOT / "bench" / "results" / "latest.json"
+B1_TARGET = 0.8
+B2_P50_TARGET_MS = 165.0
+B2_P99_TARGET_MS = 200.0
+B4_RATIO_TARGET = 0.9
+B4_BYTES_TARGET = 1024
+B4_RSS_GROWTH_PCT = 10.0  # "does not grow with sessions", allowing for allocator noise
+B5_P99_TARGET_MS = 50.0
+
+
+@dataclass
+class Run:
+    """What every benchmark step needs: options, processes, and the clock of the run."""
+
+    args: argparse.Namespace
+    workdir: Path
+    redis: RedisHandle
+    bot: BotRecords
+    products_file: Path
+    run_id: str
+    start: float
+
+    def say(self, message: str) -> None:
+        log(self.start, message)
+
+    def product(self, product_id: str) -> ProductConfig:
+        return load_products(self.products_file)[product_id]
+
+    def wrk_load(
+        self, base_url: str, product_id: str, sessions: int, prefix: str
+    ) -> throughput.WrkLoad:
+        return throughput.WrkLoad(
+            base_url=base_url,
+            product_id=product_id,
+            sessions=sessions,
+            session_prefix=prefix,
+            connections=self.args.connections,
+            threads=self.args.wrk_threads,
+        )
+
+    def wrk(self, load: throughput.WrkLoad, tag: str, *, server_pid: int) -> dict[str, Any]:
+        def cpu() -> dict[str, float]:
+            return {
+                "server": infra.process_cpu_s(server_pid),
+                "redis": infra.redis_cpu_s(self.redis.client),
+            }
+
+        return throughput.measure(
+            load,
+            warmup_s=self.args.warmup,
+            seconds=self.args.duration,
+            run_id=self.run_id + tag,
+            cpu=cpu,
+        )
+
+
+# -- B1 ---------------------------------------------------------------------------------------
+
+
+def b1_baseline(run: Run) -> dict[str, Any]:
+    with infra.baseline_app(run.workdir, run.products_file) as served:
+        prefix = f"b1-{run.run_id}-"
+        load = run.wrk_load(served.url, "b1", run.args.b1_sessions, prefix)
+        result = run.wrk(load, "base", server_pid=served.pid)
+    run.say(f"B1 baseline: {result['requests_per_s']:.0f} req/s")
+    return result
+
+
+async def _link_prefix(base_url: str, product_id: str, prefix: str, count: int) -> None:
+    sender = Sender(base_url)
+    try:
+        await link_all(sender, product_id, [f"{prefix}{i}" for i in range(count)])
+    finally:
+        await sender.aclose()
+
+
+def b1_service(
+    run: Run, service: Bridge, *, product_id: str, prefix: str, sessions: int, tag: str
+) -> dict[str, Any]:
+    """wrk against the service; checks every answered batch was stored (metrics delta)."""
+    url = infra.base_url(service)
+    received_before = infra.metric(service, "bridge_actions_received_total", product=product_id)
+    load = run.wrk_load(url, product_id, sessions, prefix)
+    result = run.wrk(load, tag, server_pid=service.proc.pid)
+    received = infra.metric(service, "bridge_actions_received_total", product=product_id)
+    duplicates = infra.metric(service, "bridge_actions_duplicate_total", product=product_id)
+    # wrk counts answered requests; a request in flight when it stops may be stored unanswered.
+    answered = (result["warmup_requests"] + result["requests"]) * throughput.ACTIONS_PER_BATCH
+    result["actions_answered_202"] = answered
+    result["actions_stored"] = int(received - received_before)
+    result["duplicate_actions"] = int(duplicates)
+    result["service_rss_kib"] = infra.rss_kib(service.proc.pid)
+    return result
+
+
+def b1(run: Run, service: Bridge, baseline: dict[str, Any]) -> dict[str, Any]:
+    prefix = f"b1-{run.run_id}-"
+    sessions = run.args.b1_sessions
+    uvloop.run(_link_prefix(infra.base_url(service), "b1", prefix, sessions))
+    run.say(f"B1: {sessions} sessions linked; wrk against the service")
+    measured = b1_service(run, service, product_id="b1", prefix=prefix, sessions=sessions, tag="b1")
+    ratio = measured["requests_per_s"] / baseline["requests_per_s"]
+    run.say(f"B1 service: {measured['requests_per_s']:.0f} req/s, ratio {ratio:.2f}")
+    return {"baseline": baseline, "service": measured, "ratio": round(ratio, 3)}
+
+
+# -- B2, B3, B5 -------------------------------------------------------------------------------
+
+
+async def run_b2(
+    run: Run, sender: Sender, service: Bridge, *, rate: float, duration_s: float, tag: str
+) -> dict[str, Any]:
+    args = run.args
+    plan = latency.B2Plan(args.b2_sessions, rate, duration_s, args.debounce)
+    result = await latency.b2(
+        sender,
+        run.bot,
+        run_id=run.run_id + tag,
+        plan=plan,
+        service_cpu=lambda: infra.process_cpu_s(service.proc.pid),
+    )
+    lat = result["latency_ms"]
+    run.say(f"B2 at {rate:g}/s: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms")
+    drained(run)
+    return result
+
+
+def drained(run: Run) -> None:
+    """Let a backlog one benchmark left behind finish before the next one starts."""
+    left = infra.wait_drained(run.redis.client)
+    if left:
+        run.say(f"{left} session(s) still due after the drain timeout")
+
+
+async def latency_suite(run: Run, service: Bridge) -> dict[str, Any]:
+    args = run.args
+    sender = Sender(infra.base_url(service))
+    results: dict[str, Any] = {}
+    try:
+        results["b2"] = await run_b2(
+            run, sender, service, rate=args.b2_rate, duration_s=args.b2_duration, tag=""
+        )
+        if args.b2_info_rate:
+            results["b2_at_info_rate"] = await run_b2(
+                run,
+                sender,
+                service,
+                rate=args.b2_info_rate,
+                duration_s=args.b2_duration / 2,
+                tag="i",
+            )
+        b3_plan = latency.B3Plan(args.b3_sessions, args.b3_spread, 10, 0.02, args.debounce)
+        results["b3"] = b3 = await latency.b3(sender, run.bot, run_id=run.run_id, plan=b3_plan)
+        run.say(f"B3: notes per burst {b3['notes_per_burst']}")
+        drained(run)
+        results["b5"] = b5 = await latency.b5(
+            sender, run.bot, run_id=run.run_id, sessions=args.b5_sessions, rate_per_s=args.b5_rate
+        )
+        run.say(f"B5: p50 {b5['latency_ms'].get('p50')} ms, p99 {b5['latency_ms'].get('p99')} ms")
+        b5["floor"] = hop = await latency.floor(
+            run.bot, run_id=run.run_id, posts=args.b5_sessions, rate_per_s=args.b5_rate
+        )
+        run.say(f"one-hop floor: p50 {hop['latency_ms'].get('p50')} ms")
+    finally:
+        await sender.aclose()
+    if hop["latency_ms"].get("p99"):
+        b5["ratio_p99_to_floor_p99"] = round(b5["latency_ms"]["p99"] / hop["latency_ms"]["p99"], 2)
+    return results
+
+
+# -- B4 ---------------------------------------------------------------------------------------
+
+
+def b4(run: Run, service: Bridge, b1_result: dict[str, Any]) -> dict[str, Any]:
+    sessions = run.args.b4_sessions
+    prefix = f"b4-{run.run_id}-"
+    run.say(f"B4: writing {sessions} idle linked sessions through the store's scripts")
+    memory = scale.measure_memory(
+        run.redis.client, run.redis.url, run.product("b4"), prefix=prefix, sessions=sessions
+    )
+    run.say(f"B4: {memory['bytes_per_session']:.0f} bytes per session; B1 over all of them")
+    measured = b1_service(run, service, product_id="b4", prefix=prefix, sessions=sessions, tag="b4")
+    run.say(f"B4: B1 over {sessions}: {measured['requests_per_s']:.0f} req/s; 1000 again")
+    # B1 over the 1000 sessions once more: the run at scale is compared with the mean of the
+    # run just before it and the one just after, which cancels most of this machine's drift.
+    again = b1_service(
+        run, service, product_id="b1", prefix=f"b1-{run.run_id}-", sessions=1000, tag="b1again"
+    )
+    reference = (b1_result["service"]["requests_per_s"] + again["requests_per_s"]) / 2
+    ratio = measured["requests_per_s"] / b1_result["baseline"]["requests_per_s"]
+    return {
+        "memory": memory,
+        "b1_at_scale": measured,
+        "b1_1000_sessions_again": again,
+        "b1_ratio_at_scale": round(ratio, 3),
+        "b1_vs_1000_sessions": round(measured["requests_per_s"] / reference, 3),
+        "service_rss_kib": {
+            "after_b1_1000": b1_result["service"]["service_rss_kib"],
+            f"after_b1_{sessions}": measured["service_rss_kib"],
+            "after_b1_1000_again": again["service_rss_kib"],
+        },
+        "service_rss_growth_pct": round(
+            100 * (measured["service_rss_kib"] / b1_result["service"]["service_rss_kib"] - 1), 1
+        ),
+    }
+
+
+# -- the table --------------------------------------------------------------------------------
+
+
+def _row(
+    bench_id: str, what: str, baseline: str, measured: str, ratio: str, target: str, met: bool
+) -> dict[str, Any]:
+    return {
+        "id": bench_id,
+        "what": what,
+        "baseline": baseline,
+        "measured": measured,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+    }
+
+
+def b1_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    base, svc, ratio = result["baseline"], result["service"], result["ratio"]
+    return [
+        _row(
+            "B1",
+            f"ingest req/s (10 actions, {svc['connections']} conn)",
+            f"{base['requests_per_s']:.0f} req/s bare",
+            f"{svc['requests_per_s']:.0f} req/s",
+            f"{ratio:.2f}",
+            f">= {B1_TARGET}",
+            ratio >= B1_TARGET
+            and svc["errors"] == 0
+            and svc["actions_stored"] >= svc["actions_answered_202"],
+        )
+    ]
+
+
+def b2_rows(b2: dict[str, Any]) -> list[dict[str, Any]]:
+    lat, debounce = b2["latency_ms"], b2["debounce_ms"]
+    return [
+        _row(
+            "B2",
+            f"post-link p{p}, {b2['rate_per_s']:.0f} batches/s ({b2['service_cores_busy']} cores)",
+            f"{debounce:.0f} ms debounce",
+            f"{lat.get(f'p{p}')} ms",
+            f"{b2[f'ratio_p{p}']}",
+            f"<= {target:.0f} ms",
+            lat.get(f"p{p}", 1e9) <= target and b2["batches_not_delivered"] == 0,
+        )
+        for p, target in ((50, B2_P50_TARGET_MS), (99, B2_P99_TARGET_MS))
+    ]
+
+
+def b3_rows(b3: dict[str, Any]) -> list[dict[str, Any]]:
+    one = b3["bursts_with_exactly_one_note"]
+    return [
+        _row(
+            "B3",
+            f"notes per burst ({b3['bursts']} bursts)",
+            "1 note per burst",
+            json.dumps(b3["notes_per_burst"]),
+            f"{one / b3['bursts']:.3f}",
+            "exactly 1",
+            one == b3["bursts"],
+        )
+    ]
+
+
+def b5_rows(b5: dict[str, Any]) -> list[dict[str, Any]]:
+    p99, floor_p99 = b5["latency_ms"].get("p99", 1e9), b5["floor"]["latency_ms"].get("p99")
+    return [
+        _row(
+            "B5",
+            f"at-link flush p99 (p50 {b5['latency_ms'].get('p50')} ms)",
+            f"{floor_p99} ms one hop",
+            f"{p99} ms",
+            f"{b5.get('ratio_p99_to_floor_p99')}",
+            f"<= {B5_P99_TARGET_MS:.0f} ms",
+            p99 <= B5_P99_TARGET_MS and b5["flush_notes"] == b5["sessions"],
+        )
+    ]
+
+
+def b4_rows(b4_result: dict[str, Any]) -> list[dict[str, Any]]:
+    memory, n = b4_result["memory"], b4_result["memory"]["sessions"]
+    rel = b4_result["b1_vs_1000_sessions"]
+    return [
+        _row(
+            "B4",
+            f"Redis bytes per idle linked session ({n})",
+            "1 KiB",
+            f"{memory['bytes_per_session']:.0f} B",
+            f"{memory['bytes_per_session'] / B4_BYTES_TARGET:.2f}",
+            f"<= {B4_BYTES_TARGET} B",
+            memory["bytes_per_session"] <= B4_BYTES_TARGET,
+        ),
+        _row(
+            "B4",
+            f"B1 over {n} sessions (ratio {b4_result['b1_ratio_at_scale']:.2f})",
+            "B1 over 1000 (mean of 2)",
+            f"{b4_result['b1_at_scale']['requests_per_s']:.0f} req/s",
+            f"{rel:.2f}",
+            f">= {B4_RATIO_TARGET}",
+            rel >= B4_RATIO_TARGET,
+        ),
+        _row(
+            "B4",
+            f"service RSS after B1 over {n}",
+            f"{b4_result['service_rss_kib']['after_b1_1000'] / 1024:.1f} MiB (1000)",
+            f"{b4_result['b1_at_scale']['service_rss_kib'] / 1024:.1f} MiB",
+            f"{b4_result['service_rss_growth_pct']:+.1f} %",
+            f"< +{B4_RSS_GROWTH_PCT:.0f} %",
+            b4_result["service_rss_growth_pct"] < B4_RSS_GROWTH_PCT,
+        ),
+    ]
+
+
+def table(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = b1_rows(results["b1"]) + b2_rows(results["b2"]) + b3_rows(results["b3"])
+    rows += b5_rows(results["b5"])
+    if "b4" in results:
+        rows += b4_rows(results["b4"])
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    columns = ("id", "what", "baseline", "measured", "ratio", "target", "met")
+    cells = [
+        [str(r[c]) if c != "met" else ("yes" if r[c] else "NO") for c in columns] for r in rows
+    ]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print()
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of each measured wrk run")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of the wrk warm-up")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--wrk-threads", type=int, default=1)
+    p.add_argument("--b1-sessions", type=int, default=1000)
+    p.add_argument("--debounce", type=float, default=0.15, help="B2/B3 product debounce (s)")
+    p.add_argument("--b2-sessions", type=int, default=500)
+    p.add_argument("--b2-rate", type=float, default=200.0, help="batches per second")
+    p.add_argument("--b2-duration", type=float, default=20.0, help="seconds of B2 load")
+    p.add_argument("--b3-sessions", type=int, default=200)
+    p.add_argument(
+        "--b2-info-rate", type=float, default=100.0, help="B2 again at this rate (0: skip)"
+    )
+    p.add_argument("--b3-spread", type=float, default=20.0, help="bursts start over this many s")
+    p.add_argument("--b5-sessions", type=int, default=300)
+    p.add_argument("--b5-rate", type=float, default=50.0, help="link webhooks per second")
+    p.add_argument("--b4-sessions", type=int, default=100_000, help="0 skips B4")
+    p.add_argument(
+        "--redis-persistence",
+        choices=("everysec", "always", "none"),
+        default="everysec",
+        help="AOF fsync policy of the bench's redis-server (docker-compose.yml: everysec)",
+    )
+    p.add_argument("--quick", action="store_true", help="a short smoke run (not for numbers)")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.b2_duration, args.b3_spread = 3.0, 1.0, 5.0, 2.0
+        args.b4_sessions = min(args.b4_sessions, 5000)
+    return args
+
+
+def source() -> dict[str, Any]:
+    """Which code was measured: others may be changing it between runs."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "app_changes": git("status", "--short", "app"),
+    }
+
+
+def machine() -> dict[str, Any]:
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "wrk": (wrk.stdout or wrk.stderr).splitlines()[0].strip(),
+    }
+
+
+def measure_all(run: Run) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    baseline = b1_baseline(run)
+    with infra.service(
+        run.workdir, redis_url=run.redis.url, products_file=run.products_file
+    ) as svc:
+        run.say(f"service pid {svc.proc.pid} at {infra.base_url(svc)}")
+        results["b1"] = b1(run, svc, baseline)
+        # B4 next: its B1 runs then follow B1's directly (RSS and throughput comparable).
+        if run.args.b4_sessions:
+            results["b4"] = b4(run, svc, results["b1"])
+        results.update(uvloop.run(latency_suite(run, svc)))
+    return results
+
+
+@contextlib.contextmanager
+def started(args: argparse.Namespace, workdir: Path) -> Iterator[Run]:
+    start = time.monotonic()
+    with (
+        infra.redis_server(workdir, args.redis_persistence) as redis_handle,
+        infra.fake_bot(workdir) as bot,
+    ):
+        products_file = infra.write_products(
+            workdir, bot_url=bot.notes_url, debounce_s=args.debounce
+        )
+        run = Run(args, workdir, redis_handle, bot, products_file, uuid.uuid4().hex[:6], start)
+        run.say(f"{redis_handle.description} at {redis_handle.url}; fake bot {bot.base_url}")
+        yield run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        with started(args, workdir) as run:
+            results = measure_all(run)
+            redis_description = run.redis.description
+            runtime_s = round(time.monotonic() - run.start, 1)
+    except BaseException:
+        print(f"\nbench failed: process logs are kept in {workdir}", file=sys.stderr)
+        raise
+    rows = table(results)
+    document = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "options": vars(args),
+        "machine": machine(),
+        "source": source(),
+        "redis": redis_description,
+        "runtime_s": runtime_s,
+        "table": rows,
+        **results,
+    }
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(document, indent=2) + "\n")
+    print_table(rows)
+    print(f"\n{runtime_s} s; results in {RESULTS_FILE.relative_to(REPO_ROOT)}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    missed = [r["id"] for r in rows if not r["met"]]
+    if missed:
+        print(f"targets missed: {', '.join(dict.fromkeys(missed))} (docs/performance.md)")
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
