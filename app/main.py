@@ -55,7 +55,8 @@ def _redis_client(settings: Settings) -> redis.Redis:
 def _http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        # httpcore checks every idle connection on each request: keep few (make bench).
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=16),
         follow_redirects=False,
     )
 

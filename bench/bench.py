@@ -482,6 +482,7 @@ def started(args: argparse.Namespace, workdir: Path) -> Iterator[Run]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    measured_source = source()  # before the run: the code may change while it runs
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         with started(args, workdir) as run:
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "options": vars(args),
         "machine": machine(),
-        "source": source(),
+        "source": measured_source,
         "redis": redis_description,
         "runtime_s": runtime_s,
         "table": rows,
