@@ -21,11 +21,10 @@ import redis
 from app.store import keys
 from bench.chaos import RedisProcess
 from tests.conftest import HTTP_SECRET, INGEST_TOKEN, WEBHOOK_SECRET, free_port
-from tests.e2e.service import Bridge, bridge
+from tests.e2e.service import Bridge, bridge, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
 Persistence = Literal["everysec", "always", "none"]
 
 # b1 and b4 (throughput): a debounce far longer than a run keeps the delivery worker idle, so
@@ -127,17 +126,6 @@ def _wait_http(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
     raise RuntimeError(f"{url} was not ready within {READY_TIMEOUT_S} s")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT_S)
-
-
 @contextlib.contextmanager
 def python_module(
     module: str, *, args: list[str], env: dict[str, str], log_path: Path, ready_url: str
@@ -155,7 +143,7 @@ def python_module(
         _wait_http(proc, ready_url, log_path)
         yield proc
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 # -- the fake bot ---------------------------------------------------------------------------

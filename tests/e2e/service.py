@@ -87,7 +87,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], client: httpx.Client) -> None:
     raise RuntimeError(f"the service was not ready within {READY_TIMEOUT_S} s")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited in time."""
     if proc.poll() is not None:
         return
     proc.terminate()
@@ -126,4 +127,4 @@ def bridge(
         _print_tail(log_path)
         raise
     finally:
-        _stop(proc)
+        stop_process(proc)
