@@ -34,6 +34,7 @@ async def link_session(
     now: float,
     user_message: bool = False,
     delivery_id: str | None = None,
+    replay_field: bytes = b"",
 ) -> LinkResult:
     outcome = await store.link(
         product,
@@ -43,6 +44,7 @@ async def link_session(
         now=now,
         user_message=user_message,
         delivery_id=delivery_id,
+        replay_field=replay_field,
     )
     if outcome.status != "linked":
         return LinkResult(outcome.status, session_id, outcome.conversation_id)

@@ -13,6 +13,20 @@ ACTIONS_DUPLICATE = Counter(
 ACTIONS_DROPPED = Counter(
     "bridge_actions_dropped_total", "Actions dropped by delivery policy.", ["product", "reason"]
 )
+FIELDS_TRUNCATED = Counter(
+    "bridge_fields_truncated_total",
+    "Optional action fields cut to their limit (or ignored, for identity hints).",
+    ["field"],
+)
+TIMESTAMPS_DEFAULTED = Counter(
+    "bridge_timestamps_defaulted_total",
+    "Actions without timestamp_start, given the batch's forwarded_at or the receive time.",
+)
+REQUESTS_REPLAYED = Counter(
+    "bridge_requests_replayed_total",
+    "Requests already applied once (same body and credentials, or same webhook-id).",
+    ["product", "route"],
+)
 BATCHES_REJECTED = Counter(
     "bridge_batches_rejected_total", "Ingest requests refused.", ["product", "reason"]
 )

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -14,6 +18,7 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,9 +42,17 @@ def is_session_id(value: object) -> bool:
 
 
 ConversationId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-ShortText = Annotated[str, StringConstraints(max_length=512)]
-Url = Annotated[str, StringConstraints(max_length=4096)]
+# Strict JSON numbers: NaN, Infinity, overflowing literals (1e400 reads as inf) and booleans
+# are errors, not values.
 Timestamp = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+Count = Annotated[int, Field(strict=True)]
+
+# Optional text is cut to these lengths, never a reason to reject a batch.
+TEXT_LIMITS: dict[str, int] = {"title": 1000, "raw_url": 8192, "canonical_url": 8192, "type": 64}
+# Identity hints longer than this cannot be a real id or email: they are ignored.
+MAX_IDENTITY_CHARS = 512
+MAX_DESCRIPTION_CHARS = 4000
+MAX_SUMMARY_CHARS = 20_000
 
 
 def to_seconds(value: float) -> float:
@@ -47,33 +60,87 @@ def to_seconds(value: float) -> float:
     return value / 1000.0 if value >= MILLISECONDS_THRESHOLD else value
 
 
+@dataclass(slots=True)
+class Intake:
+    """What validating one request noticed: the receive time that stands in for a missing
+    ``timestamp_start``, and the fields it had to cut or ignore (for the metrics)."""
+
+    received_at: float
+    truncated: Counter[str] = field(default_factory=Counter)
+    timestamps_defaulted: int = 0
+
+
+def _intake(info: ValidationInfo) -> Intake:
+    context = info.context
+    return context if isinstance(context, Intake) else Intake(received_at=time.time())
+
+
+def _blank_is_absent(value: Any) -> Any:
+    """The SDK writes ``""`` for a missing product id and blank strings for missing text."""
+    return None if value == "" else value
+
+
+def _identity(value: str | None, name: str, intake: Intake) -> str | None:
+    if value and len(value) > MAX_IDENTITY_CHARS:
+        intake.truncated[name] += 1
+        return None
+    return value or None
+
+
+OptionalSessionId = Annotated[SessionId | None, BeforeValidator(_blank_is_absent)]
+OptionalConversationId = Annotated[ConversationId | None, BeforeValidator(_blank_is_absent)]
+ProductId = Annotated[str | None, BeforeValidator(_blank_is_absent)]
+
+
 class SlimAction(BaseModel):
     """One UI event, e.g. "User clicked Export CSV on the dashboard page"."""
 
     model_config = ConfigDict(extra="ignore")
 
-    description: Annotated[str, StringConstraints(max_length=4000)] = Field(strict=True)
-    timestamp_start: Timestamp
+    description: Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION_CHARS)] = Field(
+        strict=True
+    )
+    # 0, null or missing: the batch's forwarded_at stands in, else the receive time.
+    timestamp_start: Timestamp | None = None
     timestamp_end: Timestamp | None = None
-    index: int | None = None
-    type: ShortText | None = None
-    title: ShortText | None = None
-    raw_url: Url | None = None
-    canonical_url: Url | None = None
-    session_id: SessionId | None = None
-    user_id: ShortText | None = None
-    email: ShortText | None = None
-    conversation_id: ConversationId | None = None
+    index: Count | None = None
+    type: str | None = None
+    title: str | None = None
+    raw_url: str | None = None
+    canonical_url: str | None = None
+    session_id: OptionalSessionId = None
+    user_id: str | None = None
+    email: str | None = None
+    conversation_id: OptionalConversationId = None
 
     @field_validator("timestamp_start", "timestamp_end")
     @classmethod
     def _milliseconds_to_seconds(cls, value: float | None) -> float | None:
-        if value is None:
+        if not value:
             return None
         seconds = to_seconds(value)
         if seconds > MAX_TIMESTAMP_S:
             raise ValueError("must be a Unix time in seconds or milliseconds before the year 10000")
         return seconds
+
+    @property
+    def started_at(self) -> float:
+        """``timestamp_start`` in epoch seconds (always set once its batch is validated)."""
+        assert self.timestamp_start is not None
+        return self.timestamp_start
+
+    def _normalise(self, *, default_start: float, intake: Intake) -> None:
+        if self.timestamp_start is None:
+            self.timestamp_start = default_start
+            intake.timestamps_defaulted += 1
+        for name, limit in TEXT_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and (value == "" or len(value) > limit):
+                if value:
+                    intake.truncated[name] += 1
+                setattr(self, name, value[:limit] or None)
+        self.user_id = _identity(self.user_id, "user_id", intake)
+        self.email = _identity(self.email, "email", intake)
 
 
 class ActionsPayload(BaseModel):
@@ -81,18 +148,33 @@ class ActionsPayload(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["actions"] = "actions"
-    product_id: str | None = None
-    session_id: SessionId | None = None
-    user_id: ShortText | None = None
-    email: ShortText | None = None
-    count: int | None = None
-    forwarded_at: float | None = None
-    conversation_id: ConversationId | None = None
+    type: Literal["actions"] | None = None
+    product_id: ProductId = None
+    session_id: OptionalSessionId = None
+    user_id: str | None = None
+    email: str | None = None
+    count: Count | None = None
+    forwarded_at: Timestamp | None = None
+    conversation_id: OptionalConversationId = None
     actions: list[SlimAction] = Field(min_length=1, max_length=MAX_ACTIONS_PER_BATCH)
 
+    @field_validator("forwarded_at")
+    @classmethod
+    def _forwarded_seconds(cls, value: float | None) -> float | None:
+        return to_seconds(value) if value else None
+
     @model_validator(mode="after")
-    def _resolve_session(self) -> Self:
+    def _normalise(self, info: ValidationInfo) -> Self:
+        intake = _intake(info)
+        default_start = self.forwarded_at or intake.received_at
+        for action in self.actions:
+            action._normalise(default_start=default_start, intake=intake)
+        self.user_id = _identity(self.user_id, "user_id", intake)
+        self.email = _identity(self.email, "email", intake)
+        self._resolve_session()
+        return self
+
+    def _resolve_session(self) -> None:
         carried = {a.session_id for a in self.actions}
         if self.session_id is None:
             if len(carried) != 1 or None in carried:
@@ -102,7 +184,6 @@ class ActionsPayload(BaseModel):
             self.session_id = carried.pop()
         elif carried - {None, self.session_id}:
             raise ValueError("an action's session_id differs from the batch session_id")
-        return self
 
     @property
     def sid(self) -> str:
@@ -116,12 +197,15 @@ class SummaryPayload(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["summary"]
-    product_id: str | None = None
+    type: Literal["summary"] | None = None
+    product_id: ProductId = None
     session_id: SessionId
-    summary: Annotated[str, StringConstraints(min_length=1, max_length=20_000)] = Field(strict=True)
-    replaces: list[str] | str | None = None
-    forwarded_at: float | None = None
+    summary: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SUMMARY_CHARS)] = Field(
+        strict=True
+    )
+    # How many actions the summary stands for, as the SDK sends it: informational only.
+    replaces: Annotated[int, Field(ge=0, strict=True)] | None = None
+    forwarded_at: Timestamp | None = None
 
     @property
     def sid(self) -> str:
@@ -129,9 +213,14 @@ class SummaryPayload(BaseModel):
 
 
 def _payload_kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return str(value.get("type") or "actions")
-    return str(getattr(value, "type", "actions"))
+    """``type`` when it is given; without one (the SDK's ``asdict`` writes none), a body with a
+    ``summary`` and no ``actions`` is a summary."""
+    if not isinstance(value, dict):
+        return str(getattr(value, "type", None) or "actions")
+    kind = value.get("type")
+    if kind:
+        return str(kind)
+    return "summary" if "summary" in value and "actions" not in value else "actions"
 
 
 Payload = Annotated[
@@ -183,12 +272,13 @@ def is_array_body(body: bytes) -> bool:
     return body.lstrip()[:1] == b"["
 
 
-def parse_ingest(body: bytes) -> list[ActionsPayload | SummaryPayload]:
-    """Validate an ingest body (one payload or an array of them); raises InvalidPayload."""
+def parse_ingest(body: bytes, intake: Intake) -> list[ActionsPayload | SummaryPayload]:
+    """Validate an ingest body (one payload or an array of them); raises InvalidPayload.
+    ``intake`` supplies the receive time and collects what validation cut or defaulted."""
     try:
         if is_array_body(body):
-            return PAYLOAD_LIST_ADAPTER.validate_json(body)
-        return [PAYLOAD_ADAPTER.validate_json(body)]
+            return PAYLOAD_LIST_ADAPTER.validate_json(body, context=intake)
+        return [PAYLOAD_ADAPTER.validate_json(body, context=intake)]
     except ValidationError as exc:
         raise InvalidPayload(validation_fields(exc, tagged=True)) from exc
 

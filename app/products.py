@@ -29,8 +29,10 @@ SECRET_KEYS = frozenset(
         "oauth_token",
         "webhook_secret",
         "signing_secret",
+        "ingest_webhook_secret",
     }
 )
+MIN_SECRET_CHARS = 16
 
 
 class ProductsFileError(Exception):
@@ -43,7 +45,17 @@ class _Strict(BaseModel):
 
 def _not_blank(value: str | None) -> str | None:
     if value is not None and not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _secret(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.strip():
         raise ValueError("must not be empty (an empty secret never means 'accept all')")
+    if len(value) < MIN_SECRET_CHARS:
+        raise ValueError(f"is too short: a secret needs at least {MIN_SECRET_CHARS} characters")
     return value
 
 
@@ -58,6 +70,10 @@ def _whsec(value: str) -> str:
     return value
 
 
+def _optional_whsec(value: str | None) -> str | None:
+    return None if value is None else _whsec(value)
+
+
 class IntercomConfig(_Strict):
     access_token: str
     admin_id: str
@@ -66,7 +82,8 @@ class IntercomConfig(_Strict):
     api_version: str = "2.14"
     body_format: Literal["html", "text"] = "html"
 
-    _non_empty = field_validator("access_token", "admin_id", "client_secret")(_not_blank)
+    _non_empty = field_validator("admin_id")(_not_blank)
+    _secrets = field_validator("access_token", "client_secret")(_secret)
     _urls = field_validator("api_base")(_http_url)
 
 
@@ -78,7 +95,8 @@ class ZendeskConfig(_Strict):
     webhook_secret: str
     api_base: str | None = None
 
-    _non_empty = field_validator("email", "api_token", "oauth_token", "webhook_secret")(_not_blank)
+    _non_empty = field_validator("email")(_not_blank)
+    _secrets = field_validator("api_token", "oauth_token", "webhook_secret")(_secret)
     _urls = field_validator("api_base")(_http_url)
 
     @model_validator(mode="after")
@@ -107,7 +125,7 @@ class HttpConfig(_Strict):
 class ConsoleConfig(_Strict):
     webhook_secret: str | None = None
 
-    _secrets = field_validator("webhook_secret")(lambda v: v if v is None else _whsec(v))
+    _secrets = field_validator("webhook_secret")(_optional_whsec)
 
 
 class ProductConfig(_Strict):
@@ -117,6 +135,8 @@ class ProductConfig(_Strict):
     platform: PlatformName
     ingest_token: str | None = None
     ingest_secret: str | None = None
+    # Standard Webhooks on ingest (whsec_...): signed, timestamped, replay-proof by message id.
+    ingest_webhook_secret: str | None = None
     allow_unauthenticated: bool = False
     # TOML has inf and nan literals; an infinite timer would overflow due-time arithmetic.
     pre_link_window_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
@@ -132,7 +152,8 @@ class ProductConfig(_Strict):
     http: HttpConfig | None = None
     console: ConsoleConfig | None = None
 
-    _non_empty = field_validator("ingest_token", "ingest_secret")(_not_blank)
+    _secrets = field_validator("ingest_token", "ingest_secret")(_secret)
+    _ingest_whsec = field_validator("ingest_webhook_secret")(_optional_whsec)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
@@ -145,11 +166,17 @@ class ProductConfig(_Strict):
             if self.platform != "console":
                 raise ValueError("allow_unauthenticated is only allowed with platform = 'console'")
             return self
-        if self.ingest_token is None and self.ingest_secret is None:
-            raise ValueError("needs ingest_token or ingest_secret")
+        if not (self.ingest_token or self.ingest_secret or self.ingest_webhook_secret):
+            raise ValueError("needs ingest_token, ingest_secret or ingest_webhook_secret")
         if self.webhook_secret is None:
             raise ValueError(f"needs its platform's webhook secret ([{self.platform}] section)")
         return self
+
+    @property
+    def ingest_webhook_key(self) -> bytes | None:
+        """The key bytes of ``ingest_webhook_secret`` (validated at load)."""
+        secret = self.ingest_webhook_secret
+        return None if secret is None else decode_whsec(secret)
 
     @property
     def webhook_secret(self) -> str | None:

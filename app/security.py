@@ -10,6 +10,11 @@ from collections.abc import Mapping
 
 WHSEC_PREFIX = "whsec_"
 STANDARD_WEBHOOK_TOLERANCE_S = 300.0
+# Bounds on what a signature check reads from headers, checked before anything is parsed:
+# an id, a Unix time in seconds, and a list of signatures (several during a secret rotation).
+MAX_WEBHOOK_ID_CHARS = 256
+MAX_TIMESTAMP_DIGITS = 12
+MAX_SIGNATURE_HEADER_CHARS = 4096
 
 
 class SignatureError(Exception):
@@ -34,6 +39,8 @@ def verify_prefixed_hex(
     """Check a ``<algorithm>=<hex hmac>`` header such as ``X-Connector-Signature``."""
     if not header:
         raise SignatureError("signature header is missing")
+    if len(header) > MAX_SIGNATURE_HEADER_CHARS:
+        raise SignatureError("signature header is too long")
     scheme, _, received = header.strip().partition("=")
     if scheme != algorithm or not received:
         raise SignatureError(f"signature must have the form {algorithm}=<hex>")
@@ -73,6 +80,13 @@ def standard_webhook_headers(
     }
 
 
+def _unix_seconds(raw: str) -> int:
+    # Bounded before int(): a 309-digit value would overflow the float arithmetic that follows.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_TIMESTAMP_DIGITS):
+        raise SignatureError("webhook-timestamp must be Unix seconds")
+    return int(raw)
+
+
 def verify_standard_webhook(
     headers: Mapping[str, str],
     *,
@@ -91,9 +105,11 @@ def verify_standard_webhook(
     raw_sigs = headers.get("webhook-signature")
     if not msg_id or not raw_ts or not raw_sigs:
         raise SignatureError("webhook-id, webhook-timestamp and webhook-signature are required")
-    if not (raw_ts.isascii() and raw_ts.isdigit()):
-        raise SignatureError("webhook-timestamp must be Unix seconds")
-    timestamp = int(raw_ts)
+    if len(msg_id) > MAX_WEBHOOK_ID_CHARS:
+        raise SignatureError(f"webhook-id must be at most {MAX_WEBHOOK_ID_CHARS} characters")
+    if len(raw_sigs) > MAX_SIGNATURE_HEADER_CHARS:
+        raise SignatureError("webhook-signature is too long")
+    timestamp = _unix_seconds(raw_ts)
     if abs(now - timestamp) > tolerance_s:
         raise SignatureError("webhook-timestamp is outside the 5 minute tolerance")
     expected = standard_webhook_signature(key, msg_id=msg_id, timestamp=timestamp, body=body)

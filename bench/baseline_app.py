@@ -1,7 +1,7 @@
 """The B1 baseline (SPEC §11): a bare FastAPI endpoint with the work ``POST /actions`` cannot
 avoid, and nothing else. It reads the raw body, checks the same ingest credentials
-(``app.auth.ingest_allowed``), validates with the same models (``app.models.parse_ingest``) and
-answers 202 with the same response model, serialised the way the service does it (a
+(``app.auth.ingest_credential``), validates with the same models (``app.models.parse_ingest``)
+and answers 202 with the same response model, serialised the way the service does it (a
 ``Response`` built from ``IngestResponse.model_dump_json()``), without storing anything: no
 middleware, no metrics, no logging, no Redis. It is served exactly like the service
 (``app.server.serve``: uvicorn, one worker, the same settings), configured by the same
@@ -13,6 +13,7 @@ BRIDGE_* environment and products file.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from app.auth import ingest_allowed
-from app.models import ActionsPayload, IngestResponse, InvalidPayload, parse_ingest
+from app.auth import ingest_credential
+from app.models import ActionsPayload, IngestResponse, Intake, InvalidPayload, parse_ingest
 from app.products import ProductConfig, load_products
 from app.server import serve
 from app.settings import Settings
@@ -37,10 +38,11 @@ def create_baseline_app(products: Mapping[str, ProductConfig]) -> FastAPI:
         if product is None:
             raise HTTPException(404, "unknown product")
         body = await request.body()
-        if not ingest_allowed(product, request.headers, body):
+        now = time.time()
+        if ingest_credential(product, request.headers, body, now=now) is None:
             raise HTTPException(401, "unauthorized")
         try:
-            payloads = parse_ingest(body)
+            payloads = parse_ingest(body, Intake(received_at=now))
         except InvalidPayload as exc:
             raise HTTPException(422, exc.fields) from exc
         accepted = sum(len(p.actions) if isinstance(p, ActionsPayload) else 1 for p in payloads)

@@ -83,9 +83,9 @@ allow_unauthenticated = true          # only allowed with platform = "console"
 
 INTERCOM_SECTION = """
 [products.acme.intercom]
-access_token = "tok"
+access_token = "tok-0123456789abcdef"
 admin_id = "1"
-client_secret = "cs"
+client_secret = "cs-0123456789abcdef"
 """
 
 
@@ -100,7 +100,8 @@ def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> dict[s
 
 
 def intercom_product(extra: str = "", section: str = INTERCOM_SECTION) -> str:
-    return f'[products.acme]\nplatform = "intercom"\ningest_token = "it"\n{extra}\n{section}'
+    head = '[products.acme]\nplatform = "intercom"\ningest_token = "it-0123456789abcdef"\n'
+    return f"{head}{extra}\n{section}"
 
 
 def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
@@ -184,16 +185,18 @@ def test_missing_environment_variable_names_the_variable_and_product(tmp_path: P
 def test_interpolation_reaches_any_key_and_section(tmp_path: Path) -> None:
     text = intercom_product(
         extra='pre_link_window_s = "${WINDOW}"',
-        section='[products.acme.intercom]\naccess_token = "t"\nadmin_id = "${ADMIN}"\n'
+        section='[products.acme.intercom]\naccess_token = "t-0123456789abcdef"\n'
+        'admin_id = "${ADMIN}"\n'
         'client_secret = "${SECRET}"\n',
     )
 
-    acme = load(tmp_path, text, {"WINDOW": "30.5", "ADMIN": "42", "SECRET": "from-env"})["acme"]
+    env = {"WINDOW": "30.5", "ADMIN": "42", "SECRET": "from-env-0123456789"}
+    acme = load(tmp_path, text, env)["acme"]
 
     assert acme.pre_link_window_s == 30.5
     assert acme.intercom is not None
     assert acme.intercom.admin_id == "42"
-    assert acme.intercom.client_secret == "from-env"
+    assert acme.intercom.client_secret == "from-env-0123456789"
 
 
 @pytest.mark.parametrize(
@@ -212,7 +215,8 @@ def test_only_exact_references_are_interpolated(
     tmp_path: Path, literal: str, expected: str
 ) -> None:
     section = (
-        f'[products.acme.intercom]\naccess_token = "t"\nadmin_id = {literal}\nclient_secret = "c"\n'
+        f'[products.acme.intercom]\naccess_token = "t-0123456789abcdef"\nadmin_id = {literal}\n'
+        'client_secret = "c-0123456789abcdef"\n'
     )
 
     acme = load(tmp_path, intercom_product(section=section), {"X": "replaced"})["acme"]
@@ -224,10 +228,10 @@ def test_only_exact_references_are_interpolated(
 def test_default_environment_is_the_process_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("BRIDGE_TEST_INGEST", "from-process-env")
-    path = write(tmp_path, intercom_product().replace('"it"', '"${BRIDGE_TEST_INGEST}"'))
+    monkeypatch.setenv("BRIDGE_TEST_INGEST", "from-process-env-0123")
+    text = intercom_product().replace('"it-0123456789abcdef"', '"${BRIDGE_TEST_INGEST}"')
 
-    assert load_products(path)["acme"].ingest_token == "from-process-env"
+    assert load_products(write(tmp_path, text))["acme"].ingest_token == "from-process-env-0123"
 
 
 # --- unknown keys and ids -------------------------------------------------------------------------
@@ -290,7 +294,8 @@ def test_unknown_platform(tmp_path: Path) -> None:
 
 def test_platform_section_must_match_the_platform(tmp_path: Path) -> None:
     section = INTERCOM_SECTION + (
-        '[products.acme.zendesk]\nsubdomain = "x"\noauth_token = "o"\nwebhook_secret = "w"\n'
+        '[products.acme.zendesk]\nsubdomain = "x"\noauth_token = "o-0123456789abcdef"\n'
+        'webhook_secret = "w-0123456789abcdef"\n'
     )
     text = intercom_product(section=section).replace('"intercom"', '"zendesk"', 1)
 
@@ -301,17 +306,19 @@ def test_platform_section_must_match_the_platform(tmp_path: Path) -> None:
 
 
 def test_missing_ingest_credentials(tmp_path: Path) -> None:
-    text = intercom_product().replace('ingest_token = "it"\n', "")
+    text = intercom_product().replace('ingest_token = "it-0123456789abcdef"\n', "")
 
     message = error_of(tmp_path, text)
 
     assert "products.acme" in message
-    assert "ingest_token or ingest_secret" in message
+    assert "ingest_token, ingest_secret or ingest_webhook_secret" in message
 
 
-@pytest.mark.parametrize("credential", ['ingest_token = "t"', 'ingest_secret = "s"'])
+@pytest.mark.parametrize(
+    "credential", ['ingest_token = "t-0123456789abcdef"', 'ingest_secret = "s-0123456789abcdef"']
+)
 def test_either_ingest_credential_is_enough(tmp_path: Path, credential: str) -> None:
-    text = intercom_product().replace('ingest_token = "it"', credential)
+    text = intercom_product().replace('ingest_token = "it-0123456789abcdef"', credential)
 
     assert load(tmp_path, text)["acme"].platform == "intercom"
 
@@ -326,8 +333,16 @@ def test_missing_platform_section_means_no_webhook_secret(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("platform", "section", "missing_key"),
     [
-        ("intercom", 'access_token = "t"\nadmin_id = "1"', "intercom.client_secret"),
-        ("zendesk", 'subdomain = "g"\nemail = "e@x"\napi_token = "t"', "zendesk.webhook_secret"),
+        (
+            "intercom",
+            'access_token = "t-0123456789abcdef"\nadmin_id = "1"',
+            "intercom.client_secret",
+        ),
+        (
+            "zendesk",
+            'subdomain = "g"\nemail = "e@x"\napi_token = "t-0123456789abcdef"',
+            "zendesk.webhook_secret",
+        ),
         ("http", f'url = "https://x"\nsigning_secret = "{whsec(32)}"', "http.webhook_secret"),
     ],
 )
@@ -335,7 +350,7 @@ def test_missing_webhook_secret(
     tmp_path: Path, platform: str, section: str, missing_key: str
 ) -> None:
     text = (
-        f'[products.p1]\nplatform = "{platform}"\ningest_token = "t"\n'
+        f'[products.p1]\nplatform = "{platform}"\ningest_token = "t-0123456789abcdef"\n'
         f"[products.p1.{platform}]\n{section}\n"
     )
 
@@ -343,7 +358,7 @@ def test_missing_webhook_secret(
 
 
 def test_authenticated_console_needs_a_webhook_secret(tmp_path: Path) -> None:
-    text = '[products.c]\nplatform = "console"\ningest_token = "t"\n'
+    text = '[products.c]\nplatform = "console"\ningest_token = "t-0123456789abcdef"\n'
 
     assert "webhook secret" in error_of(tmp_path, text)
     with_secret = text + f'[products.c.console]\nwebhook_secret = "{whsec(24)}"\n'
@@ -353,13 +368,29 @@ def test_authenticated_console_needs_a_webhook_secret(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "key"),
     [
-        ('ingest_token = "it"', 'ingest_token = ""', "products.acme.ingest_token"),
-        ('ingest_token = "it"', 'ingest_token = "   "', "products.acme.ingest_token"),
-        ('ingest_token = "it"', 'ingest_secret = ""', "products.acme.ingest_secret"),
-        ('access_token = "tok"', 'access_token = ""', "products.acme.intercom.access_token"),
-        ('client_secret = "cs"', 'client_secret = ""', "products.acme.intercom.client_secret"),
+        ('ingest_token = "it-0123456789abcdef"', 'ingest_token = ""', "products.acme.ingest_token"),
         (
-            'client_secret = "cs"',
+            'ingest_token = "it-0123456789abcdef"',
+            'ingest_token = "   "',
+            "products.acme.ingest_token",
+        ),
+        (
+            'ingest_token = "it-0123456789abcdef"',
+            'ingest_secret = ""',
+            "products.acme.ingest_secret",
+        ),
+        (
+            'access_token = "tok-0123456789abcdef"',
+            'access_token = ""',
+            "products.acme.intercom.access_token",
+        ),
+        (
+            'client_secret = "cs-0123456789abcdef"',
+            'client_secret = ""',
+            "products.acme.intercom.client_secret",
+        ),
+        (
+            'client_secret = "cs-0123456789abcdef"',
             'client_secret = "${EMPTY}"',
             "products.acme.intercom.client_secret",
         ),
@@ -376,12 +407,16 @@ def test_empty_secrets_are_rejected(tmp_path: Path, old: str, new: str, key: str
 
 @pytest.mark.parametrize("key", ["webhook_secret", "api_token"])
 def test_empty_zendesk_secrets_are_rejected(tmp_path: Path, key: str) -> None:
-    values = {"subdomain": "g", "email": "e@x", "api_token": "t", "webhook_secret": "w"}
+    values = {
+        "subdomain": "g",
+        "email": "e@x",
+        "api_token": "t-0123456789abcdef",
+        "webhook_secret": "w-0123456789abcdef",
+    }
     values[key] = ""
     section = "\n".join(f'{k} = "{v}"' for k, v in values.items())
-    text = (
-        f'[products.g]\nplatform = "zendesk"\ningest_token = "t"\n[products.g.zendesk]\n{section}\n'
-    )
+    head = '[products.g]\nplatform = "zendesk"\ningest_token = "t-0123456789abcdef"\n'
+    text = f"{head}[products.g.zendesk]\n{section}\n"
 
     assert f"products.g.zendesk.{key}" in error_of(tmp_path, text)
 
@@ -460,7 +495,8 @@ def test_equal_debounce_and_max_wait_are_accepted(tmp_path: Path) -> None:
 
 def http_product(signing_secret: str, webhook_secret: str) -> str:
     return (
-        '[products.initech]\nplatform = "http"\ningest_token = "t"\n[products.initech.http]\n'
+        '[products.initech]\nplatform = "http"\ningest_token = "t-0123456789abcdef"\n'
+        "[products.initech.http]\n"
         f'url = "https://bot.example/notes"\nsigning_secret = "{signing_secret}"\n'
         f'webhook_secret = "{webhook_secret}"\n'
     )
@@ -507,20 +543,23 @@ def test_whsec_secret_length_bounds(tmp_path: Path, n_bytes: int) -> None:
 
 def zendesk_product(section: str) -> str:
     return (
-        '[products.g]\nplatform = "zendesk"\ningest_token = "t"\n[products.g.zendesk]\n'
-        f'webhook_secret = "w"\n{section}\n'
+        '[products.g]\nplatform = "zendesk"\ningest_token = "t-0123456789abcdef"\n'
+        "[products.g.zendesk]\n"
+        f'webhook_secret = "w-0123456789abcdef"\n{section}\n'
     )
 
 
 def test_zendesk_base_url_defaults_to_the_subdomain(tmp_path: Path) -> None:
-    product = load(tmp_path, zendesk_product('subdomain = "globex"\noauth_token = "o"'))["g"]
+    product = load(
+        tmp_path, zendesk_product('subdomain = "globex"\noauth_token = "o-0123456789abcdef"')
+    )["g"]
 
     assert product.zendesk is not None
     assert product.zendesk.base_url == "https://globex.zendesk.com"
 
 
 def test_zendesk_api_base_without_subdomain(tmp_path: Path) -> None:
-    section = 'api_base = "http://127.0.0.1:9000"\nemail = "e@x"\napi_token = "t"'
+    section = 'api_base = "http://127.0.0.1:9000"\nemail = "e@x"\napi_token = "t-0123456789abcdef"'
 
     product = load(tmp_path, zendesk_product(section))["g"]
 
@@ -531,11 +570,14 @@ def test_zendesk_api_base_without_subdomain(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("section", "expected"),
     [
-        ('oauth_token = "o"', "set subdomain or api_base"),
-        ('subdomain = ""\noauth_token = "o"', "set subdomain or api_base"),
+        ('oauth_token = "o-0123456789abcdef"', "set subdomain or api_base"),
+        ('subdomain = ""\noauth_token = "o-0123456789abcdef"', "set subdomain or api_base"),
         ('subdomain = "g"', "set email and api_token, or oauth_token"),
         ('subdomain = "g"\nemail = "e@x"', "set email and api_token, or oauth_token"),
-        ('subdomain = "g"\napi_token = "t"', "set email and api_token, or oauth_token"),
+        (
+            'subdomain = "g"\napi_token = "t-0123456789abcdef"',
+            "set email and api_token, or oauth_token",
+        ),
     ],
 )
 def test_zendesk_needs_a_base_and_credentials(tmp_path: Path, section: str, expected: str) -> None:
@@ -581,11 +623,11 @@ def test_parse_products_takes_a_parsed_document() -> None:
 
 
 def test_masked_view_never_shows_a_secret(tmp_path: Path) -> None:
-    env = {**SPEC_ENV, "SHORT_SECRET": "short1"}
+    env = {**SPEC_ENV, "ZD2_SECRET": "zd2-secret-0123456789"}
     text = SPEC_EXAMPLE + (
-        '\n[products.zd2]\nplatform = "zendesk"\ningest_secret = "${SHORT_SECRET}"\n'
+        '\n[products.zd2]\nplatform = "zendesk"\ningest_secret = "${ZD2_SECRET}"\n'
         '[products.zd2.zendesk]\nsubdomain = "z"\noauth_token = "oauth-token-abcdefghijkl"\n'
-        'webhook_secret = "${SHORT_SECRET}"\n'
+        'webhook_secret = "${ZD2_SECRET}"\n'
     )
     products = load(tmp_path, text, env)
     secrets = [*env.values(), "oauth-token-abcdefghijkl"]
@@ -599,7 +641,7 @@ def test_masked_view_never_shows_a_secret(tmp_path: Path) -> None:
     assert views["acme"]["intercom"]["client_secret"].startswith("****")
     assert views["initech"]["http"]["signing_secret"].startswith("****")
     assert views["zd2"]["zendesk"]["oauth_token"].startswith("****")
-    assert views["zd2"]["ingest_secret"] == "****"
+    assert views["zd2"]["ingest_secret"] == "****6789"
 
 
 def test_masked_view_keeps_what_is_not_secret(tmp_path: Path) -> None:
@@ -613,3 +655,31 @@ def test_masked_view_keeps_what_is_not_secret(tmp_path: Path) -> None:
     assert view["post_link_debounce_s"] == 0.15
     # masking is a view: the loaded product still holds the real secret
     assert acme.ingest_token == SPEC_ENV["ACME_INGEST_TOKEN"]
+
+
+SHORT_SECRET_CASES = {
+    "ingest_token": 'ingest_token = "it-0123456789abcdef"',
+    "access_token": 'access_token = "tok-0123456789abcdef"',
+    "client_secret": 'client_secret = "cs-0123456789abcdef"',
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "where"),
+    [
+        ("ingest_token", "products.acme.ingest_token"),
+        ("access_token", "products.acme.intercom.access_token"),
+        ("client_secret", "products.acme.intercom.client_secret"),
+    ],
+)
+def test_a_secret_shorter_than_16_characters_is_refused(
+    tmp_path: Path, key: str, where: str
+) -> None:
+    fifteen, sixteen = "x" * 15, "y" * 16
+    text = intercom_product().replace(SHORT_SECRET_CASES[key], f'{key} = "{fifteen}"')
+
+    message = error_of(tmp_path, text)
+
+    assert f"{where}: Value error, is too short: a secret needs at least 16 characters" in message
+    assert fifteen not in message  # a secret is never echoed
+    assert load(tmp_path, text.replace(fifteen, sixteen))["acme"].platform == "intercom"

@@ -71,7 +71,14 @@ async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _store_error(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(500, "store_error", "the session store refused the operation")
+    # Nothing was stored, so the sender may retry; the cause is for the operator's log only.
+    log.error("store_error", error=str(exc), exc_info=exc)
+    return error_response(
+        503,
+        "store_error",
+        "the session store refused the operation; nothing was stored, retry later",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
 
 
 async def _validation(_: Request, exc: Exception) -> JSONResponse:

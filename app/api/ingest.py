@@ -8,10 +8,11 @@ from fastapi import APIRouter, Request, Response
 from app import metrics
 from app.api.deps import JsonBody, ProductDep, ServicesDep
 from app.api.errors import ApiError
-from app.auth import ingest_allowed
+from app.auth import ingest_credential, replay_field
 from app.models import (
     ActionsPayload,
     IngestResponse,
+    Intake,
     InvalidPayload,
     SummaryPayload,
     is_array_body,
@@ -24,14 +25,23 @@ router = APIRouter(tags=["ingest"])
 log = structlog.get_logger(__name__)
 
 
+UNAUTHORIZED = ApiError(
+    401,
+    "unauthorized",
+    "a valid ingest token, X-Connector-Signature or Standard Webhooks signature is required",
+)
+
+
 def _reject(product: ProductConfig, reason: str, error: ApiError) -> ApiError:
     metrics.BATCHES_REJECTED.labels(product.id, reason).inc()
     return error
 
 
-def _parse(product: ProductConfig, body: bytes) -> list[ActionsPayload | SummaryPayload]:
+def _parse(
+    product: ProductConfig, body: bytes, intake: Intake
+) -> list[ActionsPayload | SummaryPayload]:
     try:
-        payloads = parse_ingest(body)
+        payloads = parse_ingest(body, intake)
     except InvalidPayload as exc:
         raise _reject(
             product,
@@ -54,7 +64,16 @@ def _parse(product: ProductConfig, body: bytes) -> list[ActionsPayload | Summary
     return payloads
 
 
+def _count_intake(intake: Intake) -> None:
+    for name, count in intake.truncated.items():
+        metrics.FIELDS_TRUNCATED.labels(name).inc(count)
+    if intake.timestamps_defaulted:
+        metrics.TIMESTAMPS_DEFAULTED.inc(intake.timestamps_defaulted)
+
+
 def _count(product: ProductConfig, outcomes: list[IngestOutcome]) -> None:
+    if any(o.replayed for o in outcomes):
+        metrics.REQUESTS_REPLAYED.labels(product.id, "actions").inc()
     for outcome in outcomes:
         metrics.ACTIONS_RECEIVED.labels(product.id).inc(outcome.accepted)
         if outcome.duplicates:
@@ -79,18 +98,22 @@ async def ingest_actions(
     product: ProductDep, body: JsonBody, request: Request, services: ServicesDep
 ) -> Response:
     """Store action batches (or summaries) for a product; 202 once they are durable."""
-    if not ingest_allowed(product, request.headers, body):
-        raise _reject(
-            product,
-            "unauthorized",
-            ApiError(
-                401, "unauthorized", "a valid ingest token or X-Connector-Signature is required"
-            ),
-        )
-    payloads = _parse(product, body)
+    now = services.clock.now()
+    credential = ingest_credential(product, request.headers, body, now=now)
+    if credential is None:
+        raise _reject(product, "unauthorized", UNAUTHORIZED)
+    intake = Intake(received_at=now)
+    payloads = _parse(product, body, intake)
     if len(payloads) == 1:
         structlog.contextvars.bind_contextvars(session_id=payloads[0].sid)
-    outcomes = await services.store.ingest(product, payloads, now=services.clock.now())
+    replay_key = credential.replay_key(product.id, body)
+    outcomes = await services.store.ingest(
+        product,
+        payloads,
+        now=now,
+        replay_fields=[replay_field(replay_key, i) for i in range(len(payloads))],
+    )
+    _count_intake(intake)
     _count(product, outcomes)
     due = [o.due_at for o in outcomes if o.due_at is not None]
     services.worker.notify(min(due, default=None))

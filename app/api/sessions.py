@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
+from app import metrics
 from app.api.deps import JsonBody, ProductDep, Services, ServicesDep, lookup_product
 from app.api.errors import ApiError
-from app.auth import ingest_allowed, is_admin
+from app.auth import Credential, ingest_credential, is_admin, read_allowed, replay_field
 from app.linking import link_session
 from app.models import LinkRequest, ProactiveRequest, WebhookResponse, validation_fields
 from app.platforms.base import LinkEvent
@@ -32,7 +33,7 @@ async def link(body: JsonBody, request: Request, services: ServicesDep) -> Webho
             fields=validation_fields(exc),
         ) from exc
     product = lookup_product(services, link_request.product_id)
-    _authorize(request, services, product, body)
+    credential = _authorize(request, services, product, body)
     result = await link_session(
         services.store,
         product,
@@ -40,18 +41,26 @@ async def link(body: JsonBody, request: Request, services: ServicesDep) -> Webho
         conversation_id=link_request.conversation_id,
         event=LinkEvent(link_request.event) if link_request.event else None,
         now=services.clock.now(),
+        replay_field=replay_field(credential.replay_key(product.id, body), 0),
     )
+    if result.status == "duplicate":
+        metrics.REQUESTS_REPLAYED.labels(product.id, "link").inc()
     services.worker.notify(result.due_at)
     return WebhookResponse(
         status=result.status, session_id=result.session_id, conversation_id=result.conversation_id
     )
 
 
-def _authorize(request: Request, services: Services, product: ProductConfig, body: bytes) -> None:
+def _authorize(
+    request: Request, services: Services, product: ProductConfig, body: bytes
+) -> Credential:
+    """A write needs the product's ingest credentials or the admin token."""
     if is_admin(request.headers, services.settings.admin_token):
-        return
-    if not ingest_allowed(product, request.headers, body):
+        return Credential("admin")
+    credential = ingest_credential(product, request.headers, body, now=services.clock.now())
+    if credential is None:
         raise ApiError(401, "unauthorized", "the product's ingest credentials are required")
+    return credential
 
 
 def _state_json(state: SessionState) -> dict[str, Any]:
@@ -77,8 +86,11 @@ def _state_json(state: SessionState) -> dict[str, Any]:
 async def session_state(
     product: ProductDep, session_id: str, request: Request, services: ServicesDep
 ) -> dict[str, Any]:
-    """A session's link, FSM state and proactive gate (auth: ingest credentials or admin)."""
-    _authorize(request, services, product, b"")
+    """A session's link, FSM state and proactive gate (auth: ingest token or admin token)."""
+    if not read_allowed(product, request.headers, services.settings.admin_token):
+        raise ApiError(
+            401, "unauthorized", "reading a session needs the ingest token or the admin token"
+        )
     state = await services.store.session_state(product, session_id, now=services.clock.now())
     if state is None:
         raise ApiError(404, "unknown_session", f"no session {session_id!r} for {product.id!r}")
@@ -94,7 +106,7 @@ async def start_proactive(
     services: ServicesDep,
 ) -> dict[str, Any]:
     """Enter proactive_assistance when the gate allows it; 409 with the reason otherwise."""
-    _authorize(request, services, product, body)
+    credential = _authorize(request, services, product, body)
     try:
         trigger = ProactiveRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -103,10 +115,22 @@ async def start_proactive(
         ) from exc
     store, now = services.store, services.clock.now()
     allowed, reason = await store.start_proactive(
-        product, session_id, trigger_id=trigger.trigger_id, now=now
+        product,
+        session_id,
+        trigger_id=trigger.trigger_id,
+        now=now,
+        replay_field=replay_field(credential.replay_key(product.id, body), 0),
     )
     if allowed is None:
         raise ApiError(404, "unknown_session", f"no session {session_id!r} for {product.id!r}")
+    if reason == "replayed_request":
+        metrics.REQUESTS_REPLAYED.labels(product.id, "proactive").inc()
+        raise ApiError(
+            409,
+            "replayed_request",
+            "this exact request was already applied; nothing changed",
+            extra={"reason": reason},
+        )
     if not allowed:
         raise ApiError(
             409,

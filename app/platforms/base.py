@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 import httpx
+import pydantic_core
 
 from app.clock import Clock
 from app.products import ProductConfig
@@ -87,6 +88,22 @@ class PermanentDeliveryError(DeliveryError):
 
 class ConversationNotFound(PermanentDeliveryError):
     """The conversation no longer exists (404): the session must be unlinked."""
+
+
+def load_json_object(body: bytes) -> dict[str, Any]:
+    """A webhook body as a JSON object; raises InvalidWebhook.
+
+    pydantic's parser refuses what Redis and the platforms cannot carry: a lone surrogate
+    escape (``"\\ud800"``) is invalid JSON here (the standard library would accept it and fail
+    later, on the way to Redis), and so are NaN and Infinity.
+    """
+    try:
+        data = pydantic_core.from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        raise InvalidWebhook(f"the webhook body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidWebhook("the webhook body must be a JSON object")
+    return data
 
 
 class Platform(ABC):

@@ -19,6 +19,7 @@ from app.platforms.base import (
     Platform,
     WebhookEvent,
     WebhookRejected,
+    load_json_object,
 )
 from app.products import HttpConfig, ProductConfig
 from app.security import (
@@ -60,16 +61,6 @@ def verify_webhook(headers: Mapping[str, str], body: bytes, *, key: bytes, now: 
         raise WebhookRejected(f"invalid Standard Webhooks signature: {exc}") from exc
 
 
-def _load_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidWebhook("the webhook body is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise InvalidWebhook("the webhook body must be a JSON object")
-    return data
-
-
 def _describe(exc: ValidationError) -> str:
     problems = (f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
     return "invalid webhook body: " + "; ".join(problems)
@@ -96,7 +87,7 @@ def _ignored(event: str, data: Mapping[str, Any], delivery_id: str | None) -> We
 def parse_bot_event(body: bytes, delivery_id: str | None) -> WebhookEvent:
     """Read a bot webhook body; ``delivery_id`` (the ``webhook-id`` header) wins over its ``id``."""
     delivery_id = _checked_delivery_id(delivery_id)
-    data = _load_object(body)
+    data = load_json_object(body)
     event = data.get("event")
     if not isinstance(event, str):
         raise InvalidWebhook("'event' must be a string")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +21,7 @@ from app.platforms.base import (
     Platform,
     WebhookEvent,
     WebhookRejected,
+    load_json_object,
     retry_after_seconds,
 )
 from app.products import IntercomConfig, ProductConfig
@@ -55,16 +55,6 @@ def _identifier(value: Any, *, max_chars: int = MAX_IDENTITY_CHARS) -> str | Non
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     return _text(value, max_chars=max_chars)
-
-
-def _load_object(body: bytes) -> Mapping[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidWebhook("the webhook body is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise InvalidWebhook("the webhook body must be a JSON object")
-    return data
 
 
 def _delivery_id(envelope: Mapping[str, Any], body: bytes) -> str:
@@ -144,7 +134,7 @@ def _conversation_id(item: Mapping[str, Any]) -> str:
 
 def parse_notification(body: bytes, *, session_attribute: str) -> WebhookEvent:
     """Read an Intercom notification_event (API 2.x or 1.x item shapes)."""
-    envelope = _load_object(body)
+    envelope = load_json_object(body)
     delivery_id = _delivery_id(envelope, body)
     topic = envelope.get("topic")
     if not isinstance(topic, str):

@@ -1,9 +1,10 @@
-"""Zendesk adapter (SPEC §6.2): signed webhooks in, private ticket comments out.
+"""Zendesk adapter: signed webhooks in, private ticket comments out.
 
 Webhooks are verified with ``X-Zendesk-Webhook-Signature`` (base64 HMAC-SHA256 of the
 ``X-Zendesk-Webhook-Signature-Timestamp`` value followed by the raw body) and a 5 minute replay
-window. Deliveries are deduplicated by ``X-Zendesk-Webhook-Invocation-Id``, else by the event's
-``id``. Two bodies are understood:
+window. Deliveries are deduplicated by what the signature covers: the event's ``id``, else a
+digest of the signed timestamp and body (the invocation id header is unsigned, so a replay could
+change it). Two bodies are understood:
 
 Event subscriptions (a webhook subscribed to Zendesk ticket events) are Zendesk's own JSON.
 ``zen:event-type:ticket.created`` links as NEW; ``zen:event-type:ticket.comment_added`` links as
@@ -35,7 +36,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,13 +57,13 @@ from app.platforms.base import (
     RetryableDeliveryError,
     WebhookEvent,
     WebhookRejected,
+    load_json_object,
 )
 from app.products import ProductConfig, ZendeskConfig
-from app.security import equals
+from app.security import MAX_SIGNATURE_HEADER_CHARS, equals
 
 SIGNATURE_HEADER = "x-zendesk-webhook-signature"
 TIMESTAMP_HEADER = "x-zendesk-webhook-signature-timestamp"
-INVOCATION_HEADER = "x-zendesk-webhook-invocation-id"
 REPLAY_WINDOW_S = 300.0
 MAX_TIMESTAMP_CHARS = 64
 MAX_DELIVERY_ID_CHARS = 256
@@ -118,6 +118,8 @@ def verify_zendesk_webhook(
         )
     if len(timestamp) > MAX_TIMESTAMP_CHARS:
         raise WebhookRejected("X-Zendesk-Webhook-Signature-Timestamp is too long")
+    if len(signature) > MAX_SIGNATURE_HEADER_CHARS:
+        raise WebhookRejected("X-Zendesk-Webhook-Signature is too long")
     if abs(now - _timestamp_seconds(timestamp)) > REPLAY_WINDOW_S:
         raise WebhookRejected(
             "X-Zendesk-Webhook-Signature-Timestamp is outside the 5 minute window"
@@ -208,16 +210,6 @@ class TriggerBody(_Lenient):
     session_id: RenderedSessionId = None
 
 
-def _load_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidWebhook("the webhook body is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise InvalidWebhook("the webhook body must be a JSON object")
-    return data
-
-
 def _validated(model: type[_Model], data: Mapping[str, Any]) -> _Model:
     try:
         return model.model_validate(data)
@@ -226,12 +218,14 @@ def _validated(model: type[_Model], data: Mapping[str, Any]) -> _Model:
         raise InvalidWebhook("invalid Zendesk webhook body: " + "; ".join(problems)) from exc
 
 
-def _checked_delivery_id(value: str | None) -> str | None:
-    if value is not None and len(value) > MAX_DELIVERY_ID_CHARS:
-        raise InvalidWebhook(
-            f"X-Zendesk-Webhook-Invocation-Id must be at most {MAX_DELIVERY_ID_CHARS} characters"
-        )
-    return value or None
+def signed_delivery_id(headers: Mapping[str, str], body: bytes) -> str:
+    """A delivery id only the signer can make: the digest of the signed timestamp and body.
+
+    ``X-Zendesk-Webhook-Invocation-Id`` is not covered by the signature, so a replay inside the
+    5 minute window could carry a fresh one; the signed material cannot change.
+    """
+    signed = headers.get(TIMESTAMP_HEADER, "").encode() + b"\x1f" + body
+    return "sig:" + hashlib.sha256(signed).hexdigest()
 
 
 def _body_id(data: Mapping[str, Any]) -> str | None:
@@ -386,11 +380,12 @@ class ZendeskPlatform(Platform):
 
     async def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """Read an event-subscription or trigger body; may look the requester up (see module)."""
-        delivery_id = _checked_delivery_id(headers.get(INVOCATION_HEADER))
-        data = _load_object(body)
+        delivery_id = signed_delivery_id(headers, body)
+        data = load_json_object(body)
         kind = data.get("type")
         if isinstance(kind, str) and kind.startswith(EVENT_TYPE_PREFIX):
-            return await self._parse_subscription(kind, data, delivery_id or _body_id(data))
+            # An event's own id is signed too, and stays the same when Zendesk re-signs a retry.
+            return await self._parse_subscription(kind, data, _body_id(data) or delivery_id)
         if "event" in data:
             return parse_trigger(data, delivery_id)
         raise InvalidWebhook(

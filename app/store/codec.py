@@ -20,7 +20,7 @@ def action_digest(action: SlimAction) -> bytes:
     """The identity of SPEC §4.1 (the session is implied by the key): redeliveries collide.
     ``repr`` keeps it unambiguous: ``None`` differs from ``"None"``, separators are escaped."""
     identity = (
-        f"{action.timestamp_start!r}\x1f{action.type!r}\x1f{action.description!r}"
+        f"{action.started_at!r}\x1f{action.type!r}\x1f{action.description!r}"
         f"\x1f{action.canonical_url!r}"
     )
     return hashlib.blake2b(identity.encode(), digest_size=12).digest()

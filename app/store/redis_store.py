@@ -40,6 +40,7 @@ class IngestOutcome:
     dropped_window: int
     dropped_cap: int
     due_at: float | None
+    replayed: bool = False  # the request was applied before: nothing changed
 
     @property
     def linked(self) -> bool:
@@ -161,11 +162,23 @@ def _ingest_outcome(session_id: str, r: list[Any]) -> IngestOutcome:
         dropped_window=int(r[4]),
         dropped_cap=int(r[5]),
         due_at=_due(int(r[6])),
+        replayed=r[3] == b"replay",
     )
 
 
 def _summary_outcome(payload: SummaryPayload, r: list[Any]) -> IngestOutcome:
-    return IngestOutcome(payload.sid, 1, 0, _text(r[0]), False, 0, 0, _due(int(r[1])))
+    replayed = int(r[2]) == 1
+    return IngestOutcome(
+        session_id=payload.sid,
+        accepted=0 if replayed else 1,
+        duplicates=1 if replayed else 0,
+        conversation_id=_text(r[0]),
+        linked_now=False,
+        dropped_window=0,
+        dropped_cap=0,
+        due_at=_due(int(r[1])),
+        replayed=replayed,
+    )
 
 
 class RedisStore:
@@ -233,13 +246,17 @@ class RedisStore:
         payloads: Sequence[ActionsPayload | SummaryPayload],
         *,
         now: float,
+        replay_fields: Sequence[bytes] | None = None,
     ) -> list[IngestOutcome]:
-        """Store a request's payloads in order: one script each, one round trip for all."""
+        """Store a request's payloads in order: one script each, one round trip for all.
+        ``replay_fields[i]`` records payload ``i`` with its session, atomically with its
+        effect, so a replayed request is recognised payload by payload and changes nothing."""
+        fields = replay_fields or [b""] * len(payloads)
         calls = [
-            self._ingest_call(product, p, now)
+            self._ingest_call(product, p, now, replay)
             if isinstance(p, ActionsPayload)
-            else self._summary_call(product, p, now)
-            for p in payloads
+            else self._summary_call(product, p, now, replay)
+            for p, replay in zip(payloads, fields, strict=True)
         ]
         results = await self.run_many(calls)
         return [
@@ -248,7 +265,7 @@ class RedisStore:
         ]
 
     def _ingest_call(
-        self, product: ProductConfig, batch: ActionsPayload, now: float
+        self, product: ProductConfig, batch: ActionsPayload, now: float, replay: bytes
     ) -> tuple[ScriptName, list[str], list[Any]]:
         pid, sid = product.id, batch.sid
         user_id = batch.user_id or next((a.user_id for a in batch.actions if a.user_id), None)
@@ -278,17 +295,22 @@ class RedisStore:
             keys.SESSION_TTL_S,
             keys.UNLINKED_BUFFER_TTL_S,
             keys.IDENTITY_TTL_S,
+            replay,
         ]
         for action in batch.actions:
-            args += [action_digest(action), repr(action.timestamp_start), encode_action(action)]
+            args += [action_digest(action), repr(action.started_at), encode_action(action)]
         return "ingest", script_keys, args
 
     def _summary_call(
-        self, product: ProductConfig, payload: SummaryPayload, now: float
+        self, product: ProductConfig, payload: SummaryPayload, now: float, replay: bytes
     ) -> tuple[ScriptName, list[str], list[Any]]:
-        state, pre, out = keys.session_keys(product.id, payload.sid)[:3]
+        state, pre, out, seen = keys.session_keys(product.id, payload.sid)[:4]
         args = [_ms(now), keys.due_member(product.id, payload.sid), payload.summary]
-        return "summary", [state, pre, out, keys.DUE], [*args, *self._timings(product)]
+        return (
+            "summary",
+            [state, pre, out, keys.DUE, seen],
+            [*args, *self._timings(product), replay],
+        )
 
     @staticmethod
     def _timings(product: ProductConfig) -> list[Any]:
@@ -310,15 +332,16 @@ class RedisStore:
         now: float,
         user_message: bool = False,
         delivery_id: str | None = None,
+        replay_field: bytes = b"",
     ) -> LinkOutcome:
-        """Link (SPEC §5.4); a user message also moves the FSM to reactive_assistance. A
-        webhook's ``delivery_id`` is recorded with the link (24 h), so a redelivery is
-        reported as a duplicate."""
-        state, pre, out = keys.session_keys(product.id, session_id)[:3]
+        """Link; a user message also moves the FSM to reactive_assistance. A webhook's
+        ``delivery_id`` is recorded with the link (24 h), and so is a request's
+        ``replay_field``: a redelivery or a replay is reported as a duplicate."""
+        state, pre, out, seen = keys.session_keys(product.id, session_id)[:4]
         delivery = keys.webhook_dedupe_key(product.id, delivery_id) if delivery_id else ""
         status, previous, due = await self.run(
             "link",
-            [state, pre, out, keys.DUE, delivery],
+            [state, pre, out, keys.DUE, delivery, seen],
             [
                 _ms(now),
                 keys.due_member(product.id, session_id),
@@ -327,6 +350,7 @@ class RedisStore:
                 *self._timings(product),
                 int(user_message),
                 keys.WEBHOOK_DEDUPE_TTL_S,
+                replay_field,
             ],
         )
         linked = status == b"linked"
@@ -496,14 +520,20 @@ class RedisStore:
         )
 
     async def start_proactive(
-        self, product: ProductConfig, session_id: str, *, trigger_id: str, now: float
+        self,
+        product: ProductConfig,
+        session_id: str,
+        *,
+        trigger_id: str,
+        now: float,
+        replay_field: bytes = b"",
     ) -> tuple[bool | None, str]:
         """Enter proactive_assistance if allowed: (True, "ok"), (False, reason), or
-        (None, "unknown_session")."""
-        state_key = keys.session_keys(product.id, session_id)[0]
-        args = [*self._fsm_args(product, now), trigger_id, keys.SESSION_TTL_S]
-        code, reason = await self.run("proactive", [state_key], args)
-        return (None if int(code) < 0 else bool(int(code))), reason.decode()
+        (None, "unknown_session"). A replayed request is (False, "replayed_request")."""
+        state_key, _, _, seen, _ = keys.session_keys(product.id, session_id)
+        args = [*self._fsm_args(product, now), trigger_id, keys.SESSION_TTL_S, replay_field]
+        code, reason = await self.run("proactive", [state_key, seen], args)
+        return (None if int(code) == -1 else int(code) == 1), reason.decode()
 
     # -- operations -------------------------------------------------------------------------
 

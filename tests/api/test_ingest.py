@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import respx
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from app.main import create_app
@@ -123,10 +124,15 @@ async def test_1000_actions_are_accepted_and_1001_rejected(h: Harness) -> None:
 
 
 async def test_error_location_names_the_action_index_and_field(h: Harness) -> None:
-    actions = [action(), action("b"), action("c"), {"description": "no time"}]
+    actions = [action(), action("b"), action("c"), {"description": "bad", "timestamp_start": -5}]
     r = await h.post_batch("acme", {"session_id": "s1", "actions": actions})
     body = error(r, 422, "invalid_payload")
-    assert body["fields"] == [{"loc": "actions[3].timestamp_start", "message": "Field required"}]
+    assert body["fields"] == [
+        {
+            "loc": "actions[3].timestamp_start",
+            "message": "Input should be greater than or equal to 0",
+        }
+    ]
 
 
 async def test_error_location_in_an_array_starts_with_the_payload_index(h: Harness) -> None:
@@ -152,21 +158,22 @@ async def test_non_string_description_is_rejected(h: Harness) -> None:
 
 @pytest.mark.parametrize(
     "timestamp_json",
-    [None, "-1", "-0.5", '"1705322090"', "1e400", "-1e400", "null", "true", "[1]"],
+    ["-1", "-0.5", '"1705322090"', "1e400", "-1e400", "NaN", "Infinity", "true", "false", "[1]"],
     ids=[
-        "missing",
         "negative",
         "negative-fraction",
         "string",
         "inf",
         "neg-inf",
-        "null",
-        "bool",
+        "nan",
+        "infinity",
+        "true",
+        "false",
         "list",
     ],
 )
-async def test_invalid_timestamp_start_is_rejected(h: Harness, timestamp_json: str | None) -> None:
-    field = "" if timestamp_json is None else f', "timestamp_start": {timestamp_json}'
+async def test_invalid_timestamp_start_is_rejected(h: Harness, timestamp_json: str) -> None:
+    field = f', "timestamp_start": {timestamp_json}'
     raw = f'{{"session_id": "s1", "actions": [{{"description": "a"{field}}}]}}'.encode()
     body = error(await post_raw(h, raw), 422, "invalid_payload")
     assert [f["loc"] for f in body["fields"]] == ["actions[0].timestamp_start"]
@@ -181,7 +188,7 @@ async def test_zero_and_integer_timestamps_are_accepted(h: Harness) -> None:
 
 
 @pytest.mark.parametrize(
-    "session_id", ["", "has space", "a/b", "x" * 129, "caf\u00e9", "line\n"], ids=repr
+    "session_id", ["has space", "a/b", "x" * 129, "caf\u00e9", "line\n"], ids=repr
 )
 async def test_session_id_outside_the_pattern_is_rejected(h: Harness, session_id: str) -> None:
     body = error(await h.post_batch("acme", batch(session_id, ("A", T0))), 422, "invalid_payload")
@@ -480,7 +487,9 @@ async def test_credentials_of_one_product_do_not_work_for_another(
     redis_client: aioredis.Redis, clock: ManualClock
 ) -> None:
     acme = make_product("acme")
-    beta = make_product("beta", ingest_token="beta-token-0123456789", ingest_secret="beta-secret")
+    beta = make_product(
+        "beta", ingest_token="beta-token-0123456789", ingest_secret="beta-secret-0123456789abcdef"
+    )
     async with running_app(products=[acme, beta], clock=clock, redis_client=redis_client) as h:
         body = batch("s1", ("A", T0))
         error(await h.post_batch("beta", body, token=INGEST_TOKEN), 401, "unauthorized")
@@ -561,12 +570,17 @@ HTTP_SECTION = {
         ("console", {"webhook_secret": ""}, "console.webhook_secret"),
         (
             "intercom",
-            {"access_token": "tok", "admin_id": "1", "client_secret": ""},
+            {"access_token": "tok-0123456789abcdef", "admin_id": "1", "client_secret": ""},
             "intercom.client_secret",
         ),
         (
             "zendesk",
-            {"subdomain": "g", "email": "a@b.c", "api_token": "t", "webhook_secret": ""},
+            {
+                "subdomain": "g",
+                "email": "a@b.c",
+                "api_token": "t-0123456789abcdef",
+                "webhook_secret": "",
+            },
             "zendesk.webhook_secret",
         ),
     ],
@@ -648,3 +662,50 @@ async def test_a_timestamp_past_the_year_9999_is_rejected(h: Harness, timestamp:
 async def test_the_last_second_of_9999_is_accepted(h: Harness) -> None:
     r = await h.post_batch("acme", batch("s1", ("A", 253_402_300_799_000)))
     assert r.status_code == 202, r.text
+
+
+# -- strict numbers and lenient text --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", "false", '"1"'])
+async def test_forwarded_at_must_be_a_finite_number(h: Harness, value: str) -> None:
+    raw = f'{{"session_id": "s1", "forwarded_at": {value}, "actions": [{{"description": "a", '
+    raw += f'"timestamp_start": {T0}}}]}}'
+    body = error(await post_raw(h, raw.encode()), 422, "invalid_payload")
+    assert [f["loc"] for f in body["fields"]] == ["forwarded_at"]
+
+
+@pytest.mark.parametrize(
+    ("loc", "payload"),
+    [
+        ("count", {"session_id": "s1", "count": True, "actions": [action()]}),
+        ("actions[0].index", {"session_id": "s1", "actions": [action(index=False)]}),
+    ],
+)
+async def test_booleans_are_not_numbers(h: Harness, loc: str, payload: dict[str, Any]) -> None:
+    body = error(await h.post_batch("acme", payload), 422, "invalid_payload")
+    assert [f["loc"] for f in body["fields"]] == [loc]
+
+
+@pytest.mark.parametrize("replaces", ["true", "-1", "1.5", '["n1"]', '"n1"'])
+async def test_summary_replaces_is_a_non_negative_integer(h: Harness, replaces: str) -> None:
+    raw = f'{{"type": "summary", "session_id": "s1", "summary": "x", "replaces": {replaces}}}'
+    body = error(await post_raw(h, raw.encode()), 422, "invalid_payload")
+    assert [f["loc"] for f in body["fields"]] == ["replaces"]
+
+
+async def test_an_overlong_identity_hint_is_ignored_not_rejected(h: Harness) -> None:
+    before = REGISTRY.get_sample_value("bridge_fields_truncated_total", {"field": "email"}) or 0
+    long_email = "x" * 600 + "@example.com"
+    r = await h.post_batch("acme", batch("s1", ("A", T0), email=long_email, user_id="u1"))
+    assert r.status_code == 202, r.text
+    after = REGISTRY.get_sample_value("bridge_fields_truncated_total", {"field": "email"})
+    assert after == before + 1
+    state = await h.client.get("/sessions/acme/s1", headers=BEARER)
+    assert state.json()["metadata"] == {"user_id": "u1", "email": None}
+
+
+async def test_a_summary_without_type_but_with_actions_is_an_actions_batch(h: Harness) -> None:
+    """Only a body with ``summary`` and no ``actions`` is taken for a summary."""
+    r = await h.post_batch("acme", {**batch("s1", ("A", T0)), "summary": "ignored"})
+    assert r.json() == accepted(1)

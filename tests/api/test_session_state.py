@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import httpx
@@ -36,9 +37,16 @@ async def user_message(h: Harness, conversation_id: str = "c1") -> None:
     assert r.status_code == 200, r.text
 
 
-async def go_proactive(h: Harness, session_id: str = "s1") -> httpx.Response:
+_TRIGGERS = itertools.count(1)
+
+
+async def go_proactive(
+    h: Harness, session_id: str = "s1", trigger_id: str | None = None
+) -> httpx.Response:
+    """Each call is a new trigger (a new request) unless ``trigger_id`` repeats one."""
+    trigger_id = trigger_id or f"t-{next(_TRIGGERS)}"
     return await h.client.post(
-        f"/sessions/acme/{session_id}/proactive", json={"trigger_id": "t-1"}, headers=AUTH
+        f"/sessions/acme/{session_id}/proactive", json={"trigger_id": trigger_id}, headers=AUTH
     )
 
 

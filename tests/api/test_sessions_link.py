@@ -17,7 +17,7 @@ from tests.conftest import INGEST_SECRET, INGEST_TOKEN, NOTES_URL, ManualClock, 
 from tests.harness import Harness, running_app
 
 T0 = 1_705_322_090.0  # 2024-01-15 12:34:50 UTC
-ADMIN = "adm"
+ADMIN = "admin-token-0123456789"
 BETA_TOKEN = "beta-token-0123456789"
 
 
@@ -159,7 +159,7 @@ async def test_non_json_link_body_is_415(h: Harness) -> None:
 
 async def test_repeating_a_link_is_already_linked(h: Harness) -> None:
     assert (await link(h, link_body())).json()["status"] == "linked"
-    r = await link(h, link_body())
+    r = await link(h, link_body(event="new"))
     assert r.status_code == 200
     assert r.json() == answer("already_linked")
 
@@ -201,8 +201,9 @@ async def test_link_flushes_the_buffered_actions_as_one_note(
             await h.post_batch("acme", batch("s1", ("A", T0), ("B", T0 + 0.5)))
             assert (await link(h, link_body())).json()["status"] == "linked"
             assert await h.deliver() == 1
-            # Repeating the link posts nothing new.
-            assert (await link(h, link_body())).json()["status"] == "already_linked"
+            # Repeating the link posts nothing new, whether as a new request or a replay.
+            assert (await link(h, link_body(event="new"))).json()["status"] == "already_linked"
+            assert (await link(h, link_body())).json()["status"] == "duplicate"
             assert await h.deliver() == 0
     assert route.call_count == 1
     note = json.loads(route.calls.last.request.content)

@@ -134,6 +134,21 @@ def _v2_scheme(body: bytes, now: float) -> tuple[bytes, dict[str, str]]:
     return body, headers
 
 
+def _huge_timestamp(body: bytes, now: float) -> tuple[bytes, dict[str, str]]:
+    # 309 digits: int() takes it, but it overflows a float (once a 500 before the check).
+    return body, {**sign_raw(body, now=now), "webhook-timestamp": "9" * 309}
+
+
+def _long_id(body: bytes, now: float) -> tuple[bytes, dict[str, str]]:
+    return body, {**sign_raw(body, now=now), "webhook-id": "m" * 257}
+
+
+def _huge_signature_list(body: bytes, now: float) -> tuple[bytes, dict[str, str]]:
+    headers = sign_raw(body, now=now)
+    headers["webhook-signature"] = "v1,AAAA " * 1000 + headers["webhook-signature"]
+    return body, headers
+
+
 Forge = Callable[[bytes, float], tuple[bytes, dict[str, str]]]
 
 
@@ -149,6 +164,9 @@ Forge = Callable[[bytes, float], tuple[bytes, dict[str, str]]]
         _tampered,
         _other_id,
         _v2_scheme,
+        _huge_timestamp,
+        _long_id,
+        _huge_signature_list,
     ],
     ids=lambda f: f.__name__.strip("_"),
 )

@@ -41,7 +41,7 @@ def signed_product() -> ProductConfig:
         {
             "id": "demo",
             "platform": "console",
-            "ingest_token": "ingest-token",
+            "ingest_token": "ingest-token-0123456789abcdef",
             "console": {"webhook_secret": whsec(WEBHOOK_KEY)},
         }
     )

@@ -49,7 +49,12 @@ def make_product(**http: Any) -> ProductConfig:
         **http,
     }
     return ProductConfig.model_validate(
-        {"id": "acme", "platform": "http", "ingest_token": "ingest-token", "http": section}
+        {
+            "id": "acme",
+            "platform": "http",
+            "ingest_token": "ingest-token-0123456789abcdef",
+            "http": section,
+        }
     )
 
 

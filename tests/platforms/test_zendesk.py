@@ -26,10 +26,11 @@ from app.platforms.zendesk import (
     Requester,
     RequesterCache,
     ZendeskPlatform,
+    signed_delivery_id,
     zendesk_signature,
 )
 from app.products import ProductConfig
-from tests.conftest import ManualClock, batch
+from tests.conftest import INGEST_TOKEN, ManualClock, batch
 from tests.conftest import make_product as make_bridge_product
 from tests.fakes.zendesk import signed_headers
 from tests.harness import running_app
@@ -74,7 +75,7 @@ def make_product(**overrides: Any) -> ProductConfig:
         {
             "id": "globex",
             "platform": "zendesk",
-            "ingest_token": "ingest-token",
+            "ingest_token": "ingest-token-0123456789abcdef",
             "zendesk": zendesk_section(**overrides),
         }
     )
@@ -264,7 +265,8 @@ async def test_ticket_created_is_a_new_link_for_the_looked_up_requester(
     assert event.event is LinkEvent.NEW
     assert event.conversation_id == TICKET_ID
     assert (event.user_id, event.email, event.session_id) == (EXTERNAL_ID, REQUESTER_EMAIL, None)
-    assert event.delivery_id == INVOCATION_ID
+    # The event's own id: signed, and the same when Zendesk re-signs a retry.
+    assert event.delivery_id == "7f3b2a4e-5c61-4d2e-9a8f-2b1c0e6d4f93"
     assert users.call_count == 1
     request = users.calls.last.request
     assert request.method == "GET"
@@ -311,7 +313,7 @@ async def test_our_own_private_note_coming_back_is_ignored(
     event = await platform.parse(signed(body), body)
     assert event.event is None
     assert event.reason == "the comment is not the requester's"
-    assert event.delivery_id == INVOCATION_ID
+    assert event.delivery_id == "0b6d93f1-8e27-4c5a-a3d9-7f14e2b6c850"
     assert not zendesk.calls
 
 
@@ -472,7 +474,12 @@ async def test_trigger_body_with_a_session_id(
     assert event.conversation_id == TICKET_ID
     assert event.session_id == "0190f3a2-7c41-7d2e-b1a4-9e5f2c8d6a31"
     assert (event.user_id, event.email) == (EXTERNAL_ID, REQUESTER_EMAIL)
-    assert event.delivery_id == INVOCATION_ID
+    # A trigger body has no id of its own: the digest of what the signature covers.
+    headers = signed(body)
+    assert event.delivery_id == signed_delivery_id(headers, body)
+    assert (await platform.parse(headers, body)).delivery_id == event.delivery_id
+    other = signed(body, when=NOW + 1, invocation_id="8350205583")
+    assert (await platform.parse(other, body)).delivery_id != event.delivery_id
     assert not zendesk.calls
 
 
@@ -484,7 +491,6 @@ async def test_trigger_placeholders_left_empty_or_unrendered_count_as_absent(
     assert event.conversation_id == TICKET_ID
     assert (event.session_id, event.user_id) == (None, None)
     assert event.email == REQUESTER_EMAIL
-    assert event.delivery_id is None
 
 
 @pytest.mark.parametrize(
@@ -557,10 +563,13 @@ async def test_parse_rejects_bodies_it_cannot_understand(
         await platform.parse({}, body)
 
 
-async def test_parse_rejects_an_overlong_invocation_id(platform: ZendeskPlatform) -> None:
-    headers = {"x-zendesk-webhook-invocation-id": "9" * 257}
-    with pytest.raises(InvalidWebhook, match="Invocation-Id"):
-        await platform.parse(headers, fixture_bytes("trigger_ticket_created"))
+async def test_the_unsigned_invocation_id_plays_no_part_in_the_delivery_id(
+    platform: ZendeskPlatform,
+) -> None:
+    body = fixture_bytes("trigger_ticket_created")
+    first = await platform.parse(signed(body), body)
+    replay = await platform.parse(signed(body, invocation_id="9" * 257), body)
+    assert replay.delivery_id == first.delivery_id
 
 
 # --- post_note ---
@@ -778,6 +787,26 @@ async def test_route_answers_a_replayed_invocation_as_duplicate(
     assert first.json()["status"] == "linked"
     assert again.status_code == 200
     assert again.json() == {"status": "duplicate", "session_id": "s1", "conversation_id": TICKET_ID}
+
+
+async def test_route_answers_a_replay_with_a_fresh_invocation_id_as_duplicate(
+    redis_client: aioredis.Redis, users: respx.Route
+) -> None:
+    """The invocation id is not signed: a replayed trigger with a new one must not act again."""
+    async with running_app(
+        products=[bridge_product()], clock=ManualClock(NOW), redis_client=redis_client
+    ) as bridge:
+        await bridge.post_batch("globex", batch("s1", ("Opened export", NOW), user_id=EXTERNAL_ID))
+        body = fixture_bytes("trigger_ticket_created")
+        first = await post_event(bridge.client, body, signed(body))
+        replay = await post_event(bridge.client, body, signed(body, invocation_id="8350205599"))
+        state = await bridge.client.get(
+            "/sessions/globex/0190f3a2-7c41-7d2e-b1a4-9e5f2c8d6a31",
+            headers={"authorization": f"Bearer {INGEST_TOKEN}"},
+        )
+    assert first.json()["status"] == "linked"
+    assert replay.json()["status"] == "duplicate"
+    assert state.json()["current_state"] == "reactive_assistance"
 
 
 async def test_route_rejects_a_bad_signature_and_links_nothing(

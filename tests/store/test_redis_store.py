@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
-from app.models import ActionsPayload, parse_ingest
+from app.models import ActionsPayload, Intake, parse_ingest
 from app.platforms.base import LinkEvent
 from app.store import keys
 from app.store.redis_store import RedisStore
@@ -20,7 +20,8 @@ PRODUCT = make_product()
 
 
 def actions(session_id: str, *items: tuple[str, float], **fields: object) -> list[ActionsPayload]:
-    payloads = parse_ingest(json.dumps(batch(session_id, *items, **fields)).encode())
+    body = json.dumps(batch(session_id, *items, **fields)).encode()
+    payloads = parse_ingest(body, Intake(received_at=T0))
     assert all(isinstance(p, ActionsPayload) for p in payloads)
     return payloads  # type: ignore[return-value]
 

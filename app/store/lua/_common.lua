@@ -76,6 +76,15 @@ local function schedule(st, pre, out, due_key, member, now, debounce, max_wait)
   return due
 end
 
+-- Replay protection: records a request's field in the session's ``seen`` hash; true when the
+-- request was applied before (then the caller changes nothing). '' means no record is kept.
+local function replayed(seen, field, ttl_s)
+  if field == '' then return false end
+  if redis.call('HSETNX', seen, field, '') == 0 then return true end
+  redis.call('EXPIRE', seen, ttl_s)
+  return false
+end
+
 local function touch(st, now, ttl_s)
   redis.call('HSETNX', st, 'created', fmt(now / 1000))
   redis.call('HSET', st, 'updated', fmt(now / 1000))

@@ -1,7 +1,8 @@
 -- Store one session's batch: dedupe, identity index, late link, pre-link window or outbox.
 -- KEYS: state pre out seen due id_user id_email pending_user pending_email
 -- ARGV: now_ms member session_id user_id email conversation_id window_s cap debounce_ms
---       max_wait_ms session_ttl_s buffer_ttl_s identity_ttl_s, then (hash score payload)*
+--       max_wait_ms session_ttl_s buffer_ttl_s identity_ttl_s replay_field,
+--       then (hash score payload)*
 local st, pre, out, seen, due_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, member, sid = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local uid, email, target = ARGV[4], ARGV[5], ARGV[6]
@@ -9,8 +10,13 @@ local window, cap = tonumber(ARGV[7]), tonumber(ARGV[8])
 local debounce, max_wait = tonumber(ARGV[9]), tonumber(ARGV[10])
 local session_ttl, buffer_ttl, identity_ttl = ARGV[11], ARGV[12], ARGV[13]
 
+local first_action = 15
+if replayed(seen, ARGV[14], session_ttl) then
+  return {0, (#ARGV - first_action + 1) / 3, redis.call('HGET', st, 'conv') or '', 'replay', 0, 0, -1}
+end
+
 local fresh, duplicates = {}, 0
-for i = 14, #ARGV, 3 do
+for i = first_action, #ARGV, 3 do
   -- A hash, not a set: small hashes are listpack-encoded, so an idle session stays small.
   if redis.call('HSETNX', seen, ARGV[i], '') == 1 then
     fresh[#fresh + 1] = i

@@ -2,14 +2,19 @@
 -- the session to reactive_assistance, whether or not the link changes.
 -- A webhook's delivery id is recorded here, with the link it causes, so a redelivery is
 -- either applied or reported as a duplicate, never lost between the two.
--- KEYS: state pre out due delivery    ARGV: now_ms member conversation_id event debounce_ms
---                                           max_wait_ms session_ttl_s user_message dedupe_ttl_s
+-- A replayed /sessions/link request (its field in the session's seen hash) changes nothing.
+-- KEYS: state pre out due delivery seen
+-- ARGV: now_ms member conversation_id event debounce_ms max_wait_ms session_ttl_s user_message
+--       dedupe_ttl_s replay_field
 local st, pre, out, due_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, member, conv, event = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local debounce, max_wait, session_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 
 if KEYS[5] ~= '' and not redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[9]) then
   return {'duplicate', '', -1}
+end
+if replayed(KEYS[6], ARGV[10], session_ttl) then
+  return {'duplicate', redis.call('HGET', st, 'conv') or '', -1}
 end
 
 if ARGV[8] == '1' then
