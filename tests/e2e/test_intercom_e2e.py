@@ -199,3 +199,25 @@ def test_a_forged_webhook_is_401_and_posts_nothing(service: Bridge, fake: FakeIn
     assert r.status_code == 401
     time.sleep(QUIET_S)
     assert fake.calls == []
+
+
+@pytest.mark.timeout(20)
+def test_a_lone_surrogate_in_a_signed_webhook_is_400_and_the_service_keeps_linking(
+    service: Bridge, fake: FakeIntercom
+) -> None:
+    """Redis cannot store a lone surrogate: such a webhook once answered 500 (and Intercom's
+    single retry then lost the link). It is refused as invalid JSON, and the next one works."""
+    r = service.post_batch("acme", batch("s3", ("A", T0), user_id="u3"))
+    assert r.status_code == 202, r.text
+    contacts = {"type": "contact.list", "contacts": [{"type": "contact", "external_id": "u3"}]}
+    good = notification("conversation_user_created", contacts=contacts, custom_attributes={})
+    bad = good.replace(b'"u3"', b'"u3\\ud800"')
+    assert bad != good
+
+    r = post_notification(service, bad, signed_headers(bad))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_webhook"
+
+    r = post_notification(service, good, signed_headers(good))
+    assert r.json()["status"] == "linked"
+    assert len(fake.wait_for_replies(1, timeout_s=5)) == 1
