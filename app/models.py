@@ -32,7 +32,8 @@ MAX_PAYLOADS_PER_REQUEST = 100
 
 _SESSION_ID_CHARS = r"[A-Za-z0-9._:-]{1,128}"
 # pydantic's (Rust) `$` and Python's `\Z` both mean the very end: no trailing newline passes.
-SessionId = Annotated[str, StringConstraints(pattern=f"^{_SESSION_ID_CHARS}$")]
+SESSION_ID_REGEX = f"^{_SESSION_ID_CHARS}$"
+SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_REGEX)]
 SESSION_ID_PATTERN = re.compile(rf"^{_SESSION_ID_CHARS}\Z")
 
 

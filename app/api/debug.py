@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import AdminDep, ProductDep, ServicesDep
+from app.api.deps import AdminDep, ProductDep, ServicesDep, SessionIdPath
 from app.api.errors import ApiError
 from app.products import masked_view
 
@@ -21,7 +21,7 @@ async def list_products(_: AdminDep, services: ServicesDep) -> dict[str, Any]:
 
 @router.get("/sessions/{product_id}/{session_id}")
 async def show_session(
-    _: AdminDep, product: ProductDep, session_id: str, services: ServicesDep
+    _: AdminDep, product: ProductDep, session_id: SessionIdPath, services: ServicesDep
 ) -> dict[str, Any]:
     """One session's full stored state: link, buffers, outbox, posted note ids, timers."""
     view = await services.store.session_view(product.id, session_id)

@@ -8,12 +8,13 @@ from typing import Annotated
 
 import httpx
 import structlog
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from app.api.errors import ApiError
 from app.auth import is_admin
 from app.clock import Clock
 from app.delivery.worker import DeliveryWorker
+from app.models import SESSION_ID_REGEX
 from app.platforms.base import Platform
 from app.products import ProductConfig
 from app.settings import Settings
@@ -105,3 +106,6 @@ async def require_admin(request: Request, services: ServicesDep) -> None:
 
 
 AdminDep = Annotated[None, Depends(require_admin)]
+
+# A session id in a path is checked like one in a body (a 422 names it), before it reaches Redis.
+SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_REGEX)]

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from app import metrics
-from app.api.deps import JsonBody, ProductDep, Services, ServicesDep, lookup_product
+from app.api.deps import (
+    JsonBody,
+    ProductDep,
+    Services,
+    ServicesDep,
+    SessionIdPath,
+    lookup_product,
+)
 from app.api.errors import ApiError
 from app.auth import Credential, ingest_credential, is_admin, read_allowed, replay_field
 from app.linking import link_session
@@ -84,7 +91,7 @@ def _state_json(state: SessionState) -> dict[str, Any]:
 
 @router.get("/sessions/{product_id}/{session_id}")
 async def session_state(
-    product: ProductDep, session_id: str, request: Request, services: ServicesDep
+    product: ProductDep, session_id: SessionIdPath, request: Request, services: ServicesDep
 ) -> dict[str, Any]:
     """A session's link, FSM state and proactive gate (auth: ingest token or admin token)."""
     if not read_allowed(product, request.headers, services.settings.admin_token):
@@ -100,7 +107,7 @@ async def session_state(
 @router.post("/sessions/{product_id}/{session_id}/proactive")
 async def start_proactive(
     product: ProductDep,
-    session_id: str,
+    session_id: SessionIdPath,
     body: JsonBody,
     request: Request,
     services: ServicesDep,

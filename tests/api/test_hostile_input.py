@@ -105,3 +105,16 @@ async def test_a_store_refusal_is_503_with_retry_after_and_logged_with_its_cause
     assert r.json()["error"] == "store_error"
     logged = [e for e in logs if e["event"] == "store_error"]
     assert logged and "WRONGTYPE" in logged[0]["error"]
+
+
+@pytest.mark.parametrize("segment", ["%ED%A0%80", "%FF", "x" * 129, "a%20b"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_session_id_in_the_path_is_validated_before_it_reaches_the_store(
+    h: Harness, segment: str, method: str
+) -> None:
+    path = f"/sessions/acme/{segment}" + ("/proactive" if method == "POST" else "")
+    headers = {**JSON, "authorization": f"Bearer {INGEST_TOKEN}"}
+    r = await h.client.request(method, path, content=b'{"trigger_id": "t1"}', headers=headers)
+    assert r.status_code == 422, r.text
+    assert [f["loc"] for f in r.json()["fields"]] == ["path.session_id"]
+    assert "x" * 129 not in r.text
