@@ -32,7 +32,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _serve(settings: Settings) -> int:
     # One process, one worker: replicas scale out as separate containers over one Redis.
-    serve(create_app(settings), host=settings.host, port=settings.port)
+    serve(create_app(settings), host=settings.host, port=settings.port, settings=settings)
     return 0
 
 

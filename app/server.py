@@ -1,16 +1,209 @@
-"""uvicorn with a graceful drain: the first SIGTERM stops intake and posts the due notes."""
+"""uvicorn with a graceful drain and per-client limits (docs/limits.md).
+
+The first SIGTERM stops intake and posts the due notes. No client may hold the server: header
+size and read time are bounded here, body read time in ``json_body``, and idle keep-alive and
+the number of connections through uvicorn's own settings.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from types import FrameType
+from typing import Any
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
 
+# uvicorn internals: httptools (faster than h11, and what runs here) has no bound on header
+# size or header read time, so ``LimitedHttpToolsProtocol`` subclasses uvicorn's protocol and
+# relies on its attributes (parser, transport, cycle, connections, tasks, app, pipeline) and on
+# the ASGI types of ``uvicorn._types``. Pin an upper bound on uvicorn and re-read this class
+# when raising it.
+from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from app.settings import Settings
+
 log = structlog.get_logger(__name__)
+
+OVERLOADED_DETAIL = "the server is at its connection limit; retry later"
+
+
+def _error_body(code: str, detail: str) -> bytes:
+    return json.dumps({"error": code, "detail": detail}).encode()
+
+
+_OVERLOADED_BODY = _error_body("overloaded", OVERLOADED_DETAIL)
+_OVERLOADED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_OVERLOADED_BODY)).encode()),
+    (b"retry-after", b"1"),
+    (b"connection", b"close"),
+]
+
+
+async def _overloaded(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    """What a request beyond the connection limit gets (uvicorn's own 503 is plain text)."""
+    await send({"type": "http.response.start", "status": 503, "headers": _OVERLOADED_HEADERS})
+    await send({"type": "http.response.body", "body": _OVERLOADED_BODY, "more_body": False})
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus:
+
+    - request headers are bounded in size (431) and in read time (408, counted from the
+      connection for its first request, else from the request's first byte; a connection that
+      sends nothing is closed without an answer);
+    - at most ``limit_concurrency`` connections are served, a request on one more gets a JSON
+      503 (uvicorn's own check is plain text, and already refuses at the limit itself);
+    - a response sent before the request body has arrived ends the connection, so an unread
+      body cannot keep it open.
+    """
+
+    max_header_bytes = 65_536
+    header_read_timeout_s = 10.0
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # The limit is applied here rather than by uvicorn, to answer it in JSON.
+        self.max_connections = self.limit_concurrency
+        self.limit_concurrency = None
+        self.bridge_app = self.app
+        self.header_bytes = 0
+        self.awaiting_headers = True
+        self.request_began: float | None = None
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.header_timer = self.loop.call_later(self.header_read_timeout_s, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.awaiting_headers:
+            room = self.max_header_bytes - self.header_bytes
+            if len(data) > room:
+                self._feed_up_to_the_bound(data, room)
+                return
+            self.header_bytes += len(data)
+        super().data_received(data)
+        if self.request_began is not None and self.header_timer is None:
+            self._arm_header_timer()
+
+    def _feed_up_to_the_bound(self, data: bytes, room: int) -> None:
+        # Headers that end within the bound may share this chunk with a body: feed up to the
+        # bound, and go on only if the headers were complete by then (the count went to 0).
+        self.header_bytes = self.max_header_bytes
+        if room > 0:
+            super().data_received(data[:room])
+            if self.transport.is_closing():
+                return
+        if self.header_bytes == self.max_header_bytes:
+            detail = f"the request headers are larger than {self.max_header_bytes} bytes"
+            log.warning("http_headers_too_large", limit_bytes=self.max_header_bytes)
+            self._reject(431, "headers_too_large", detail)
+            return
+        self.data_received(data[room:])
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.request_began is None:
+            self.request_began = self.loop.time()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        self.request_began = None
+        self.awaiting_headers = False
+        self.header_bytes = 0
+        self.app = _overloaded if self._overloaded() else self.bridge_app
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.awaiting_headers = True
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if not self.pipeline and self.cycle.more_body:
+            self.transport.close()
+        super().on_response_complete()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn's two warnings say a websocket library is missing; here ``ws="none"`` is chosen.
+        log.info("http_upgrade_ignored")
+
+    def _overloaded(self) -> bool:
+        limit = self.max_connections
+        if limit is None:
+            return False
+        # ``connections`` includes this one; ``tasks`` does not yet include this request's.
+        if len(self.connections) <= limit and len(self.tasks) < limit:
+            return False
+        log.warning("http_overloaded", max_connections=limit)
+        return True
+
+    def _arm_header_timer(self) -> None:
+        assert self.request_began is not None
+        deadline = self.request_began + self.header_read_timeout_s
+        self.header_timer = self.loop.call_at(deadline, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _header_timeout(self) -> None:
+        self.header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.request_began is None:  # not a byte since the connection opened: nothing to answer
+            self.transport.close()
+            return
+        detail = f"the request headers did not arrive within {self.header_read_timeout_s:g} s"
+        log.info("http_header_timeout", timeout_s=self.header_read_timeout_s)
+        self._reject(408, "request_timeout", detail)
+
+    def _reject(self, status: int, code: str, detail: str) -> None:
+        """Answer a request the app never saw, and close the connection."""
+        if self.cycle is None or self.cycle.response_complete:
+            # Otherwise a response is on its way and this one would interleave with it.
+            self.transport.write(self._error_response(status, code, detail))
+        self.transport.close()
+
+    def _error_response(self, status: int, code: str, detail: str) -> bytes:
+        body = _error_body(code, detail)
+        head = [STATUS_LINE[status]]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+        ]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+        ]
+        return b"".join(head) + body
+
+
+def limited_http(settings: Settings) -> type[LimitedHttpToolsProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)``, with the settings' header limits."""
+
+    class Configured(LimitedHttpToolsProtocol):
+        max_header_bytes = settings.max_header_bytes
+        header_read_timeout_s = settings.header_read_timeout_s
+
+    return Configured
 
 
 class BridgeServer(uvicorn.Server):
@@ -47,6 +240,22 @@ class BridgeServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: FastAPI, *, host: str, port: int) -> None:
-    config = uvicorn.Config(app, host=host, port=port, proxy_headers=True, log_config=None)
+def serve(app: FastAPI, *, host: str, port: int, settings: Settings | None = None) -> None:
+    """Run ``app`` until a signal stops it, with the limits of ``settings`` (or the env)."""
+    settings = settings or Settings()
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        proxy_headers=True,
+        log_config=None,
+        http=limited_http(settings),
+        # No websocket routes: without a ws protocol an upgrade stays plain HTTP, and uvicorn
+        # has no websocket log line (those carry the query string).
+        ws="none",
+        # ``RequestContextMiddleware`` logs each request, without the query string.
+        access_log=False,
+        timeout_keep_alive=settings.keepalive_timeout_s,
+        limit_concurrency=settings.max_connections,
+    )
     BridgeServer(config, app).run()

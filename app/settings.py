@@ -6,14 +6,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_ADMIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
     """Everything a process reads from its environment; products live in the products file."""
 
-    model_config = SettingsConfigDict(env_prefix="BRIDGE_", extra="ignore")
+    # Errors name the variable but never echo its value: it may be a token or a Redis password.
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_", extra="ignore", hide_input_in_errors=True
+    )
 
     products_file: Path = Path("config/products.toml")
     redis_url: str | None = None
@@ -25,10 +30,27 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
     port: int = Field(default=8000, ge=0, le=65535)
 
+    # What one client may hold of the server (docs/limits.md).
+    body_read_timeout_s: float = Field(default=10.0, gt=0)
+    header_read_timeout_s: float = Field(default=10.0, gt=0)
+    keepalive_timeout_s: int = Field(default=5, gt=0)
+    max_header_bytes: int = Field(default=65_536, gt=0)
+    max_connections: int = Field(default=1000, gt=0)
+
     # Engine tuning; the defaults are the SPEC's and rarely need changing.
     lease_s: float = Field(default=30.0, gt=0, le=30.0)
     worker_poll_s: float = Field(default=1.0, gt=0)
     worker_concurrency: int = Field(default=64, gt=0)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_is_long_enough(cls, token: str | None) -> str | None:
+        # An empty value means "no admin token", as /debug/* and the routes read it.
+        if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"BRIDGE_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters long"
+            )
+        return token
 
 
 @lru_cache

@@ -161,7 +161,10 @@ def test_example_file_commented_products_are_valid_once_uncommented(tmp_path: Pa
     source = EXAMPLE_FILE.read_text(encoding="utf-8")
     uncommented = re.sub(r"(?m)^# (?=\[|[a-z_]+ += )", "", source)
     names = set(re.findall(r'"\$\{([A-Z0-9_]+)\}"', uncommented))
-    env = {name: whsec(32) if "INITECH" in name else f"{name.lower()}-value" for name in names}
+    env = {
+        name: whsec(32) if "INITECH" in name or "WHSEC" in name else f"{name.lower()}-value"
+        for name in names
+    }
 
     products = load(tmp_path, uncommented, env)
 

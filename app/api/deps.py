@@ -70,7 +70,7 @@ def _is_json(content_type: str) -> bool:
 
 
 async def json_body(request: Request, services: ServicesDep) -> bytes:
-    """The raw body (signatures need the exact bytes), checked for type and size."""
+    """The raw body (signatures need the exact bytes), checked for type, size and read time."""
     if not services.accepting:
         raise ApiError(
             503, "shutting_down", "this instance is shutting down", headers={"Retry-After": "1"}
@@ -81,11 +81,18 @@ async def json_body(request: Request, services: ServicesDep) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
+    deadline_s = services.settings.body_read_timeout_s
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
+    try:
+        # A client that trickles its body would otherwise hold the request (and a connection).
+        async with asyncio.timeout(deadline_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large(limit)
+    except TimeoutError:
+        detail = f"the request body did not arrive within {deadline_s:g} s"
+        raise ApiError(408, "request_timeout", detail, headers={"Connection": "close"}) from None
     return bytes(body)
 
 

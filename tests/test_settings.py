@@ -1,0 +1,106 @@
+"""Settings: the per-client limits and the admin token length, as read from ``BRIDGE_*``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import uvicorn
+from pydantic import ValidationError
+
+from app.cli import main
+from app.server import BridgeServer
+from app.settings import Settings
+
+LIMITS = {
+    "body_read_timeout_s": 10.0,
+    "header_read_timeout_s": 10.0,
+    "keepalive_timeout_s": 5,
+    "max_header_bytes": 65_536,
+    "max_connections": 1000,
+}
+
+
+@pytest.fixture(autouse=True)
+def no_bridge_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.startswith("BRIDGE_"):
+            monkeypatch.delenv(name)
+
+
+def test_the_limits_have_their_defaults() -> None:
+    settings = Settings()
+
+    assert {name: getattr(settings, name) for name in LIMITS} == LIMITS
+
+
+def test_the_limits_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_BODY_READ_TIMEOUT_S", "1.5")
+    monkeypatch.setenv("BRIDGE_HEADER_READ_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("BRIDGE_KEEPALIVE_TIMEOUT_S", "3")
+    monkeypatch.setenv("BRIDGE_MAX_HEADER_BYTES", "8192")
+    monkeypatch.setenv("BRIDGE_MAX_CONNECTIONS", "4")
+
+    settings = Settings()
+
+    assert (settings.body_read_timeout_s, settings.header_read_timeout_s) == (1.5, 2.5)
+    assert (settings.keepalive_timeout_s, settings.max_header_bytes) == (3, 8192)
+    assert settings.max_connections == 4
+
+
+@pytest.mark.parametrize("name", sorted(LIMITS))
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_a_limit_must_be_a_positive_number(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"BRIDGE_{name.upper()}", value)
+
+    with pytest.raises(ValidationError) as info:
+        Settings()
+
+    assert [error["loc"] for error in info.value.errors()] == [(name,)]
+
+
+@pytest.mark.parametrize("token", [None, "", "0123456789abcdef", "a-much-longer-admin-token-0123"])
+def test_an_admin_token_of_16_characters_or_none_is_accepted(token: str | None) -> None:
+    assert Settings(admin_token=token).admin_token == token
+
+
+def test_a_short_admin_token_is_refused_naming_the_variable_not_the_value() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(admin_token="0123456789abcde")  # 15 characters
+
+    message = str(info.value)
+    assert "BRIDGE_ADMIN_TOKEN must be at least 16 characters" in message
+    assert "0123456789abcde" not in message
+
+
+def test_serve_refuses_to_start_with_a_short_admin_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(BridgeServer, "run", lambda *a, **k: pytest.fail("must not start"))
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "short-token")
+
+    assert main(["serve"]) == 1
+
+    err = capsys.readouterr().err
+    assert "error: invalid BRIDGE_* environment" in err
+    assert "BRIDGE_ADMIN_TOKEN" in err
+    assert "short-token" not in err
+
+
+def test_serve_hands_the_limits_to_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[uvicorn.Config] = []
+    monkeypatch.setattr(BridgeServer, "run", lambda self, *a, **k: started.append(self.config))
+    monkeypatch.setenv("BRIDGE_KEEPALIVE_TIMEOUT_S", "3")
+    monkeypatch.setenv("BRIDGE_MAX_CONNECTIONS", "7")
+    monkeypatch.setenv("BRIDGE_MAX_HEADER_BYTES", "8192")
+    monkeypatch.setenv("BRIDGE_HEADER_READ_TIMEOUT_S", "2")
+
+    assert main(["serve"]) == 0
+
+    (config,) = started
+    assert (config.timeout_keep_alive, config.limit_concurrency) == (3, 7)
+    assert config.access_log is False
+    assert isinstance(config.http, type)
+    assert (config.http.max_header_bytes, config.http.header_read_timeout_s) == (8192, 2.0)
