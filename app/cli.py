@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from app.main import create_app
 from app.products import ProductConfig, ProductsFileError, load_products, masked_view
 from app.server import serve
-from app.settings import Settings
+from app.settings import Settings, settings_problems
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,13 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
+def _print_problems(where: str, problems: list[str]) -> None:
+    noun = "problem" if len(problems) == 1 else "problems"
+    print(f"error: {len(problems)} {noun} in {where}:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
 def _print_product(product: ProductConfig) -> None:
     print(f"{product.id}: platform={product.platform}")
     print(json.dumps(masked_view(product), indent=2))
@@ -45,7 +52,7 @@ def _check_config(path: Path) -> int:
     try:
         products = load_products(path)
     except ProductsFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_problems(str(path), exc.problems)
         return 1
     for product in products.values():
         _print_product(product)
@@ -61,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"error: invalid BRIDGE_* environment: {exc}", file=sys.stderr)
+        _print_problems("the BRIDGE_* environment", settings_problems(exc))
         return 1
     if args.command == "serve":
         return _serve(settings)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from app.security import decode_whsec
 
@@ -36,7 +39,16 @@ MIN_SECRET_CHARS = 16
 
 
 class ProductsFileError(Exception):
-    """The products file cannot be used; the message names the product and the key."""
+    """The products file cannot be used. ``problems`` lists each one, naming the product and
+    the key; the message shows them all."""
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else problems
+        count = len(self.problems)
+        if count == 1:
+            super().__init__(self.problems[0])
+        else:
+            super().__init__(f"{count} problems:\n  " + "\n  ".join(self.problems))
 
 
 class _Strict(BaseModel):
@@ -188,60 +200,109 @@ class ProductConfig(_Strict):
 
 
 Products = Mapping[str, ProductConfig]
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "intercom": IntercomConfig,
+    "zendesk": ZendeskConfig,
+    "http": HttpConfig,
+    "console": ConsoleConfig,
+}
 
 
-def _interpolate(value: Any, env: Mapping[str, str], product_id: str, path: str) -> Any:
-    if isinstance(value, dict):
-        return {k: _interpolate(v, env, product_id, f"{path}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, env, product_id, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, str) and (match := _ENV_REFERENCE.match(value)):
-        name = match.group(1)
-        if name not in env:
-            raise ProductsFileError(
-                f"product {product_id!r}: {path} refers to environment variable {name}, "
-                "which is not set"
-            )
-        return env[name]
-    return value
+_UNSET_STAND_IN = "unset-variable-0123456789abcdef"
 
 
-def _describe(product_id: str, exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"])
-        key = f"products.{product_id}.{where}" if where else f"products.{product_id}"
-        lines.append(f"{key}: {error['msg']}")
-    return f"product {product_id!r} is invalid:\n  " + "\n  ".join(lines)
+@dataclass
+class _Interpolation:
+    """``${NAME}`` references resolved for one product, and the keys whose variable is unset."""
+
+    env: Mapping[str, str]
+    missing: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def resolve(self, value: Any, loc: tuple[str, ...] = ()) -> Any:
+        if isinstance(value, dict):
+            return {k: self.resolve(v, (*loc, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v, (*loc, str(i))) for i, v in enumerate(value)]
+        if isinstance(value, str) and (match := _ENV_REFERENCE.match(value)):
+            name = match.group(1)
+            if name in self.env:
+                return self.env[name]
+            self.missing[loc] = name
+            # A stand-in that passes the common checks (a secret's length), so the rest of the
+            # product is still validated without knock-on errors ("needs ingest_token").
+            return _UNSET_STAND_IN
+        return value
+
+
+def _key(product_id: str, loc: Sequence[Any]) -> str:
+    return ".".join(["products", product_id, *(str(part) for part in loc)])
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = ProductConfig
+    if len(loc) == 2 and loc[0] in _SECTION_MODELS:
+        model = _SECTION_MODELS[loc[0]]
+    elif len(loc) != 1:
+        return ""
+    key = str(loc[-1])
+    known = [name for name in model.model_fields if name != "id"]
+    # A typo is close by edit distance; a shortened name ("window") is part of the real one.
+    close = difflib.get_close_matches(key, known, n=1) or [k for k in known if key in k][:1]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _problem(product_id: str, error: ErrorDetails) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{_key(product_id, loc)}: unknown key{_did_you_mean(loc)}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{_key(product_id, loc)}: {message}"
+
+
+def _product_problems(
+    product_id: str, table: Any, env: Mapping[str, str]
+) -> tuple[ProductConfig | None, list[str]]:
+    if not PRODUCT_ID_PATTERN.match(product_id):
+        return None, [f"product id {product_id!r} must be 1-64 chars of [A-Za-z0-9_-]"]
+    if not isinstance(table, dict):
+        return None, [f"products.{product_id}: must be a table"]
+    problems = []
+    if "id" in table:
+        # The id comes from the table name; a key would be silently overwritten.
+        problems.append(f"products.{product_id}.id: unknown key (the id is the table name)")
+    interpolation = _Interpolation(env)
+    values = interpolation.resolve({k: v for k, v in table.items() if k != "id"})
+    problems += [
+        f"{_key(product_id, loc)}: refers to environment variable {name}, which is not set"
+        for loc, name in interpolation.missing.items()
+    ]
+    try:
+        product = ProductConfig.model_validate({**values, "id": product_id})
+    except ValidationError as exc:
+        # A key whose variable is unset was reported above; its knock-on errors are noise.
+        errors = [e for e in exc.errors() if tuple(map(str, e["loc"])) not in interpolation.missing]
+        return None, problems + [_problem(product_id, e) for e in errors]
+    return (None if problems else product), problems
 
 
 def parse_products(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, ProductConfig]:
-    """Validate a parsed products document; raises ProductsFileError naming product and key."""
-    unknown = set(raw) - {"products"}
-    if unknown:
-        raise ProductsFileError(f"unknown top-level keys: {', '.join(sorted(unknown))}")
+    """Validate a parsed products document. Raises ProductsFileError listing every problem of
+    every product at once, each naming the product and the key."""
+    problems = [
+        f"{key}: unknown top-level key (the file holds [products.<id>] tables)"
+        for key in sorted(set(raw) - {"products"})
+    ]
     tables = raw.get("products")
     if not isinstance(tables, dict) or not tables:
-        raise ProductsFileError("the file defines no [products.<id>] tables")
+        raise ProductsFileError([*problems, "the file defines no [products.<id>] tables"])
     products: dict[str, ProductConfig] = {}
     for product_id, table in tables.items():
-        if not PRODUCT_ID_PATTERN.match(product_id):
-            raise ProductsFileError(
-                f"product id {product_id!r} must be 1-64 chars of [A-Za-z0-9_-]"
-            )
-        if not isinstance(table, dict):
-            raise ProductsFileError(f"products.{product_id} must be a table")
-        if "id" in table:
-            # The id comes from the table name; a key would be silently overwritten.
-            raise ProductsFileError(
-                f"product {product_id!r} is invalid:\n  products.{product_id}.id: unknown key "
-                "(the id is the table name)"
-            )
-        values = _interpolate(table, env, product_id, f"products.{product_id}")
-        try:
-            products[product_id] = ProductConfig.model_validate({**values, "id": product_id})
-        except ValidationError as exc:
-            raise ProductsFileError(_describe(product_id, exc)) from exc
+        product, found = _product_problems(product_id, table, env)
+        problems += found
+        if product is not None:
+            products[product_id] = product
+    if problems:
+        raise ProductsFileError(problems)
     return products
 
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_ADMIN_TOKEN_CHARS = 16
+ENV_PREFIX = "BRIDGE_"
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+]
 
 
 class Settings(BaseSettings):
@@ -17,14 +27,14 @@ class Settings(BaseSettings):
 
     # Errors name the variable but never echo its value: it may be a token or a Redis password.
     model_config = SettingsConfigDict(
-        env_prefix="BRIDGE_", extra="ignore", hide_input_in_errors=True
+        env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True
     )
 
     products_file: Path = Path("config/products.toml")
     redis_url: str | None = None
     admin_token: str | None = None
     log_format: Literal["json", "console"] = "json"
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
@@ -47,10 +57,19 @@ class Settings(BaseSettings):
     def _admin_token_is_long_enough(cls, token: str | None) -> str | None:
         # An empty value means "no admin token", as /debug/* and the routes read it.
         if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
-            raise ValueError(
-                f"BRIDGE_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters long"
-            )
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters long")
         return token
+
+
+def settings_problems(exc: ValidationError) -> list[str]:
+    """One line per invalid variable, named as it is set (``BRIDGE_PORT: ...``), values never
+    echoed (they may be secrets)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "environment"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{name}: {message}")
+    return problems
 
 
 @lru_cache

@@ -151,7 +151,33 @@ def test_serve_rejects_a_bad_environment(
 ) -> None:
     monkeypatch.setattr(BridgeServer, "run", lambda *a, **k: pytest.fail("must not start"))
     monkeypatch.setenv("BRIDGE_PORT", "not-a-port")
+    monkeypatch.setenv("BRIDGE_LOG_LEVEL", "verbose")
 
     assert main(["serve"]) == 1
 
-    assert "error: invalid BRIDGE_* environment" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "error: 2 problems in the BRIDGE_* environment:\n"
+        "  - BRIDGE_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'\n"
+        "  - BRIDGE_PORT: Input should be a valid integer, unable to parse string as an integer\n"
+    )
+
+
+def test_check_config_lists_every_problem_of_every_product(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "products.toml"
+    path.write_text(
+        '[products.a]\nplatform = "console"\nallow_unauthenticated = true\nbin_second = 3\n'
+        '[products.b]\nplatform = "http"\ningest_token = "${NOT_SET_ANYWHERE}"\n'
+    )
+
+    assert main(["check-config", "--file", str(path)]) == 1
+
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"error: 3 problems in {path}:"
+    assert err[1:] == [
+        "  - products.a.bin_second: unknown key (did you mean 'bin_seconds'?)",
+        "  - products.b.ingest_token: refers to environment variable NOT_SET_ANYWHERE, "
+        "which is not set",
+        "  - products.b: needs its platform's webhook secret ([http] section)",
+    ]

@@ -261,7 +261,7 @@ def test_id_key_cannot_override_the_table_name(tmp_path: Path) -> None:
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     message = error_of(tmp_path, "[product.acme]\nplatform = 'console'\n")
 
-    assert "unknown top-level keys: product" in message
+    assert "product: unknown top-level key" in message
 
 
 def test_file_without_products_is_an_error(tmp_path: Path) -> None:
@@ -683,6 +683,40 @@ def test_a_secret_shorter_than_16_characters_is_refused(
 
     message = error_of(tmp_path, text)
 
-    assert f"{where}: Value error, is too short: a secret needs at least 16 characters" in message
+    assert f"{where}: is too short: a secret needs at least 16 characters" in message
     assert fifteen not in message  # a secret is never echoed
     assert load(tmp_path, text.replace(fifteen, sixteen))["acme"].platform == "intercom"
+
+
+# --- every problem at once --------------------------------------------------------------------
+
+
+def test_every_problem_of_every_product_is_reported_at_once(tmp_path: Path) -> None:
+    text = (
+        '[products.one]\nplatform = "intercom"\ningest_token = "short"\n'
+        '[products.one.intercom]\naccess_token = "${UNSET_TOKEN}"\nadmin_id = "1"\n'
+        'client_secret = "cs-0123456789abcdef"\napi_versoin = "2.14"\n'
+        '[products.two]\nplatform = "zendesk"\ningest_token = "t-0123456789abcdef"\n'
+        "post_link_debounce_s = -1\nwindow = 3\n"
+        '[products.two.zendesk]\nsubdomain = "z"\noauth_token = "o-0123456789abcdef"\n'
+        'webhook_secret = "w-0123456789abcdef"\n'
+        '[products."bad id"]\nplatform = "console"\n'
+    )
+    with pytest.raises(ProductsFileError) as info:
+        load(tmp_path, text)
+
+    assert info.value.problems == [
+        "products.one.intercom.access_token: refers to environment variable UNSET_TOKEN, "
+        "which is not set",
+        "products.one.ingest_token: is too short: a secret needs at least 16 characters",
+        "products.one.intercom.api_versoin: unknown key (did you mean 'api_version'?)",
+        "products.two.post_link_debounce_s: Input should be greater than or equal to 0",
+        "products.two.window: unknown key (did you mean 'pre_link_window_s'?)",
+        "product id 'bad id' must be 1-64 chars of [A-Za-z0-9_-]",
+    ]
+    assert str(info.value).startswith("6 problems:\n  products.one.intercom.access_token")
+
+
+def test_an_unknown_key_far_from_any_known_one_gets_no_suggestion(tmp_path: Path) -> None:
+    message = error_of(tmp_path, intercom_product(extra="zzz_qqq = 1"))
+    assert message == "products.acme.zzz_qqq: unknown key"
