@@ -1,11 +1,12 @@
-# chatbot-bridge container image (SPEC §13).
+# chatbot-bridge container image.
 #   docker build -t chatbot-bridge .
 #   docker run --rm -p 8000:8000 -v "$PWD/config:/srv/config:ro" --env-file .env chatbot-bridge
 # The image carries no products file: mount one at /srv/config/products.toml (or point
 # BRIDGE_PRODUCTS_FILE at /srv/config/products.example.toml for the console demo).
 
 # --- builder: resolve and install the package and its dependencies into /opt/venv -----------
-FROM python:3.12-slim-bookworm AS builder
+# The same Python minor version as CI (Debian bookworm's 3.11), so what is tested is what runs.
+FROM python:3.11-slim-bookworm AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1
@@ -14,20 +15,26 @@ RUN python -m venv /opt/venv
 ENV PATH="/opt/venv/bin:${PATH}"
 
 WORKDIR /build
-# Only what the package build reads: the Lua scripts ship as package data of app.store.
-COPY pyproject.toml README.md ./
+# Dependencies first, from the hashed lock file: this layer is rebuilt only when the lock
+# changes, not on every change to the code. No test tools and no embedded store.
+COPY requirements/runtime.txt ./requirements/runtime.txt
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/runtime.txt
+# Then the package itself (the Lua scripts ship as package data of app.store), without
+# resolving anything again: the final image needs no source tree.
+COPY pyproject.toml README.md LICENSE ./
 COPY app ./app
-# A regular (non-editable) install without the test extras: the final image needs no source tree.
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps .
 
 # --- runtime: the same base, the venv, a non-root user; no compilers or build tools ----------
-FROM python:3.12-slim-bookworm AS runtime
+FROM python:3.11-slim-bookworm AS runtime
 
-ARG VERSION=0.1.0
+# Kept equal to the version in pyproject.toml by a test; `chatbot-bridge --version` and
+# /healthz read the installed package's metadata.
+ARG VERSION=0.2.0.dev0
 LABEL org.opencontainers.image.title="chatbot-bridge" \
       org.opencontainers.image.description="Posts what a user just did in the product into their support conversation." \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.12-slim-bookworm"
+      org.opencontainers.image.base.name="docker.io/library/python:3.11-slim-bookworm"
 
 # Fixed ids so volume permissions and Kubernetes runAsUser/runAsNonRoot are predictable.
 RUN groupadd --system --gid 10001 bridge \

@@ -5,15 +5,30 @@ PY := $(VENV)/bin/python
 # `make run` uses your config/products.toml, or the example file when there is none.
 PRODUCTS_FILE := $(if $(wildcard config/products.toml),config/products.toml,config/products.example.toml)
 
-.PHONY: install run test lint format check-config chaos bench clean
+# The lock files pin every dependency with its hashes; pyproject.toml keeps the ranges.
+LOCK := requirements/dev.txt
+RUNTIME_LOCK := requirements/runtime.txt
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: install run test lint format check-config chaos bench lock clean
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+# Re-resolve the lock files from pyproject.toml (after changing a dependency range).
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet pip-tools
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links \
+		--output-file $(RUNTIME_LOCK) pyproject.toml
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links --extra embedded --extra test \
+		--output-file $(LOCK) pyproject.toml
 
 run: install
 	BRIDGE_PRODUCTS_FILE=$${BRIDGE_PRODUCTS_FILE:-$(PRODUCTS_FILE)} \

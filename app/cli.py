@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from app import __version__
 from app.main import create_app
 from app.products import ProductConfig, ProductsFileError, load_products, masked_view
 from app.server import serve
@@ -18,6 +19,7 @@ from app.settings import Settings, settings_problems
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatbot-bridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("serve", help="run the HTTP service (BRIDGE_HOST, BRIDGE_PORT)")
     check = commands.add_parser("check-config", help="validate the products file")

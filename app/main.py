@@ -32,8 +32,15 @@ log = structlog.get_logger(__name__)
 
 def _redis_client(settings: Settings) -> redis.Redis:
     if settings.redis_url is None:
-        # Imported lazily: the embedded store is for demos and dry runs only.
-        import fakeredis
+        # Imported lazily: the embedded store is for demos and dry runs only, and the container
+        # image does not install it.
+        try:
+            import fakeredis
+        except ImportError as exc:
+            raise RuntimeError(
+                "BRIDGE_REDIS_URL is unset and the embedded store is not installed: set "
+                "BRIDGE_REDIS_URL, or install chatbot-bridge[embedded]"
+            ) from exc
 
         log.warning(
             "embedded_store",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,10 @@ def test_check_config_lists_every_problem_of_every_product(
         "which is not set",
         "  - products.b: needs its platform's webhook secret ([http] section)",
     ]
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"chatbot-bridge {version('chatbot-bridge')}\n"

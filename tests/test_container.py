@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -235,6 +236,50 @@ def test_dockerfile_is_multi_stage_on_pinned_slim_python(
     images = [stage[0].args.split()[0] for stage in dockerfile]
     assert len(images) >= 2
     assert all(re.fullmatch(r"python:3\.\d+-slim-\w+", image) for image in images)
+
+
+def test_image_runs_the_python_minor_version_that_ci_tests(
+    dockerfile: list[list[Instruction]],
+) -> None:
+    tested = f"{sys.version_info.major}.{sys.version_info.minor}"
+    images = {stage[0].args.split()[0] for stage in dockerfile}
+    assert images == {f"python:{tested}-slim-bookworm"}
+
+
+def test_dependencies_come_from_the_hashed_runtime_lock_before_the_code(
+    dockerfile: list[list[Instruction]],
+) -> None:
+    builder = [(i.keyword, i.args) for i in dockerfile[0]]
+    lock_install = next(
+        n for n, (cmd, args) in enumerate(builder) if cmd == "RUN" and "--require-hashes" in args
+    )
+    assert "-r requirements/runtime.txt" in builder[lock_install][1]
+    copy_app = next(n for n, (cmd, args) in enumerate(builder) if cmd == "COPY" and "app" in args)
+    assert lock_install < copy_app  # the dependency layer is cached across code changes
+    package_install = [args for cmd, args in builder[copy_app:] if cmd == "RUN"]
+    assert package_install and all("--no-deps" in args for args in package_install)
+
+
+def test_the_runtime_lock_pins_everything_with_hashes_and_leaves_test_tools_out() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / "requirements" / "runtime.txt").read_text(encoding="utf-8").splitlines()
+    ]
+    pins = {n: line for n, line in enumerate(lines) if re.match(r"^[A-Za-z0-9_.-]+==\S+", line)}
+    names = {line.split("==")[0].lower() for line in pins.values()}
+    assert {"fastapi", "uvicorn", "redis", "httpx", "pydantic", "structlog"} <= names
+    assert not {"fakeredis", "lupa", "pytest", "ruff", "mypy", "hypothesis"} & names
+    # pip-compile --generate-hashes: every pin is followed by its hashes.
+    assert all(lines[n + 1].startswith("--hash=sha256:") for n in pins)
+
+
+def test_the_image_label_carries_the_package_version(
+    final_stage: list[Instruction],
+) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert f"VERSION={project['version']}" in args_of(final_stage, "ARG")
+    labels = " ".join(args_of(final_stage, "LABEL"))
+    assert 'org.opencontainers.image.version="${VERSION}"' in labels
 
 
 def test_final_stage_runs_as_a_non_root_user(final_stage: list[Instruction]) -> None:
