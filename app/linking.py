@@ -1,4 +1,4 @@
-"""Turning a platform's link event into a session link (SPEC §5.4, §5.5)."""
+"""Turning a platform's link event into a session link (docs/delivery.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Prometheus series (SPEC §9). Labels are low-cardinality: never session or conversation ids."""
+"""Prometheus series (docs/operations.md). Labels are low-cardinality: never session or
+conversation ids."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The note body format of SPEC §7, byte for byte. Pure functions."""
+"""The note body format (docs/delivery.md), byte for byte. Pure functions."""
 
 from __future__ import annotations
 

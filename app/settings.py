@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=65_536, gt=0)
     max_connections: int = Field(default=1000, gt=0)
 
-    # Engine tuning; the defaults are the SPEC's and rarely need changing.
+    # Engine tuning; the defaults rarely need changing.
     lease_s: float = Field(default=30.0, gt=0, le=30.0)
     worker_poll_s: float = Field(default=1.0, gt=0)
     worker_concurrency: int = Field(default=64, gt=0)

@@ -1,10 +1,10 @@
-"""The B1 baseline (SPEC §11): a bare FastAPI endpoint with the work ``POST /actions`` cannot
-avoid, and nothing else. It reads the raw body, checks the same ingest credentials
-(``app.auth.ingest_credential``), validates with the same models (``app.models.parse_ingest``)
-and answers 202 with the same response model, serialised the way the service does it (a
-``Response`` built from ``IngestResponse.model_dump_json()``), without storing anything: no
-middleware, no metrics, no logging, no Redis. It is served exactly like the service
-(``app.server.serve``: uvicorn, one worker, the same settings), configured by the same
+"""The B1 baseline (docs/performance.md): a bare FastAPI endpoint with the work
+``POST /actions`` cannot avoid, and nothing else. It reads the raw body, checks the same ingest
+credentials (``app.auth.ingest_credential``), validates with the same models
+(``app.models.parse_ingest``) and answers 202 with the same response model, serialised the way
+the service does it (a ``Response`` built from ``IngestResponse.model_dump_json()``), without
+storing anything: no middleware, no metrics, no logging, no Redis. It is served exactly like the
+service (``app.server.serve``: uvicorn, one worker, the same settings), configured by the same
 BRIDGE_* environment and products file.
 
     BRIDGE_PRODUCTS_FILE=... BRIDGE_PORT=... python -m bench.baseline_app

@@ -1,5 +1,5 @@
-"""`make bench`: the performance targets of SPEC §11, each measured against a baseline run in
-the same invocation, on loopback, with every process started and stopped here.
+"""`make bench`: the performance targets of docs/performance.md, each measured against a
+baseline run in the same invocation, on loopback, with every process started and stopped here.
 
   B1  ingest throughput (wrk): the service vs a bare FastAPI endpoint (bench/baseline_app.py)
   B2  post-link delivery latency: last batch's 202 -> note at the fake bot, vs the debounce

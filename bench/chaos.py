@@ -1,4 +1,4 @@
-"""Fault-injection run (issue 5, SPEC §8): is every accepted action delivered, dead-lettered or
+"""Fault-injection run (docs/reliability.md): is every accepted action delivered, dead-lettered or
 dropped by policy, while the service is SIGKILLed, the bot fails and Redis restarts?
 
 It starts its own redis-server (append-only, fsync always), the fake bot and the service
@@ -70,7 +70,7 @@ THROTTLED_POSTS = 5
 THROTTLE_RETRY_AFTER_S = 2
 REDIS_DOWN_S = 2.0  # about what a real Redis restart takes (a container, a failover)
 # A note the bot accepted this close to a crash may not have been acknowledged in Redis: the
-# next process posts it again (at-least-once, SPEC §8).
+# next process posts it again (at-least-once delivery).
 CRASH_SLACK_S = 2.0
 DRAIN_QUIET_S = 3.0
 DRAIN_TIMEOUT_S = 100.0
@@ -667,7 +667,7 @@ def print_table(result: dict[str, Any]) -> None:
         result["duplicate_notes_outside_crash_windows"]
         or result["duplicate_actions_outside_crash_windows"]
     ):
-        print("  WARNING: duplicates outside crash windows (SPEC §8 allows them only there)")
+        print("  WARNING: duplicates outside crash windows (at-least-once allows them only there)")
 
 
 # -- main -----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ READY_TIMEOUT_S = 20.0
 Persistence = Literal["everysec", "always", "none"]
 
 # b1 and b4 (throughput): a debounce far longer than a run keeps the delivery worker idle, so
-# B1 measures intake alone. lat (B2, B3, B5): the SPEC's timings.
+# B1 measures intake alone. lat (B2, B3, B5): the default timings.
 PRODUCTS_TOML = """
 [products.b1]
 platform = "http"

@@ -76,7 +76,7 @@ class Sender:
         return await self.post(key, f"/actions/{product_id}", json.dumps(body).encode(), headers)
 
     async def link(self, key: int, product_id: str, session_id: str) -> Sent:
-        """A signed ``conversation.created`` webhook (SPEC §6.3) naming the session."""
+        """A signed ``conversation.created`` webhook (the http platform) naming the session."""
         body = {
             "event": "conversation.created",
             "conversation_id": f"conv-{session_id}",

@@ -1,4 +1,4 @@
-"""Container files (SPEC §13): docker-compose.yml, the Dockerfile, .dockerignore, .env.example.
+"""Container files: docker-compose.yml, the Dockerfile, .dockerignore, .env.example.
 
 No Docker engine runs here, so these read the files and lint the Dockerfile with hadolint.
 """

@@ -1,4 +1,4 @@
-"""Byte-exact note bodies (SPEC §7)."""
+"""Byte-exact note bodies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The products file (SPEC §3.2): interpolation, strict validation, masking."""
+"""The products file: interpolation, strict validation, masking."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def whsec(n_bytes: int, fill: bytes = b"k") -> str:
     return "whsec_" + base64.b64encode(fill * n_bytes).decode()
 
 
-SPEC_ENV = {
+REFERENCE_ENV = {
     "ACME_INGEST_TOKEN": "acme-ingest-token-0123456789",
     "ACME_INGEST_SECRET": "acme-ingest-secret-0123456789",
     "ACME_INTERCOM_TOKEN": "acme-intercom-token-0123456789",
@@ -36,8 +36,8 @@ SPEC_ENV = {
     "INITECH_WEBHOOK_SECRET": whsec(32, b"w"),
 }
 
-# SPEC §3.2 verbatim, plus the ingest credentials globex and initech need to be valid.
-SPEC_EXAMPLE = """
+# The reference example, plus the ingest credentials globex and initech need to be valid.
+REFERENCE_EXAMPLE = """
 [products.acme]                      # product id: 1-64 chars of [A-Za-z0-9_-]
 platform = "intercom"                # intercom | zendesk | http | console
 ingest_token = "${ACME_INGEST_TOKEN}"    # Authorization: Bearer <token> on /actions
@@ -55,7 +55,7 @@ admin_id = "123456"
 client_secret = "${ACME_INTERCOM_CLIENT_SECRET}"   # verifies webhooks
 api_base = "https://api.intercom.io"  # or api.eu.intercom.io / api.au.intercom.io
 api_version = "2.14"
-body_format = "html"                  # html | text (§6.4)
+body_format = "html"                  # html | text
 
 [products.globex]
 platform = "zendesk"
@@ -110,32 +110,32 @@ def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> st
     return str(info.value)
 
 
-# --- the SPEC example and the example file ------------------------------------------------------
+# --- the reference example and the example file ---------------------------------------------
 
 
 def test_spec_example_loads(tmp_path: Path) -> None:
-    products = load(tmp_path, SPEC_EXAMPLE, SPEC_ENV)
+    products = load(tmp_path, REFERENCE_EXAMPLE, REFERENCE_ENV)
 
     assert list(products) == ["acme", "globex", "initech", "demo"]
     acme = products["acme"]
     assert acme.id == "acme"
     assert acme.platform == "intercom"
-    assert acme.ingest_token == SPEC_ENV["ACME_INGEST_TOKEN"]
-    assert acme.ingest_secret == SPEC_ENV["ACME_INGEST_SECRET"]
+    assert acme.ingest_token == REFERENCE_ENV["ACME_INGEST_TOKEN"]
+    assert acme.ingest_secret == REFERENCE_ENV["ACME_INGEST_SECRET"]
     assert (acme.pre_link_window_s, acme.post_link_debounce_s) == (120.0, 0.15)
     assert (acme.post_link_max_wait_s, acme.bin_seconds, acme.max_pending_actions) == (5.0, 3, 1000)
     assert acme.intercom is not None
-    assert acme.intercom.access_token == SPEC_ENV["ACME_INTERCOM_TOKEN"]
+    assert acme.intercom.access_token == REFERENCE_ENV["ACME_INTERCOM_TOKEN"]
     assert acme.intercom.admin_id == "123456"
-    assert acme.webhook_secret == SPEC_ENV["ACME_INTERCOM_CLIENT_SECRET"]
+    assert acme.webhook_secret == REFERENCE_ENV["ACME_INTERCOM_CLIENT_SECRET"]
     globex = products["globex"]
     assert globex.zendesk is not None
     assert globex.zendesk.base_url == "https://globex.zendesk.com"
-    assert globex.webhook_secret == SPEC_ENV["GLOBEX_ZENDESK_WEBHOOK_SECRET"]
+    assert globex.webhook_secret == REFERENCE_ENV["GLOBEX_ZENDESK_WEBHOOK_SECRET"]
     initech = products["initech"]
     assert initech.http is not None
     assert initech.http.redact_url == "https://bot.initech.example/notes/redact"
-    assert initech.http.signing_secret == SPEC_ENV["INITECH_SIGNING_SECRET"]
+    assert initech.http.signing_secret == REFERENCE_ENV["INITECH_SIGNING_SECRET"]
     demo = products["demo"]
     assert demo.platform == "console"
     assert demo.allow_unauthenticated is True
@@ -176,9 +176,9 @@ def test_example_file_commented_products_are_valid_once_uncommented(tmp_path: Pa
 
 
 def test_missing_environment_variable_names_the_variable_and_product(tmp_path: Path) -> None:
-    env = {k: v for k, v in SPEC_ENV.items() if k != "INITECH_WEBHOOK_SECRET"}
+    env = {k: v for k, v in REFERENCE_ENV.items() if k != "INITECH_WEBHOOK_SECRET"}
 
-    message = error_of(tmp_path, SPEC_EXAMPLE, env)
+    message = error_of(tmp_path, REFERENCE_EXAMPLE, env)
 
     assert "INITECH_WEBHOOK_SECRET" in message
     assert "initech" in message
@@ -626,8 +626,8 @@ def test_parse_products_takes_a_parsed_document() -> None:
 
 
 def test_masked_view_never_shows_a_secret(tmp_path: Path) -> None:
-    env = {**SPEC_ENV, "ZD2_SECRET": "zd2-secret-0123456789"}
-    text = SPEC_EXAMPLE + (
+    env = {**REFERENCE_ENV, "ZD2_SECRET": "zd2-secret-0123456789"}
+    text = REFERENCE_EXAMPLE + (
         '\n[products.zd2]\nplatform = "zendesk"\ningest_secret = "${ZD2_SECRET}"\n'
         '[products.zd2.zendesk]\nsubdomain = "z"\noauth_token = "oauth-token-abcdefghijkl"\n'
         'webhook_secret = "${ZD2_SECRET}"\n'
@@ -648,7 +648,7 @@ def test_masked_view_never_shows_a_secret(tmp_path: Path) -> None:
 
 
 def test_masked_view_keeps_what_is_not_secret(tmp_path: Path) -> None:
-    acme = load(tmp_path, SPEC_EXAMPLE, SPEC_ENV)["acme"]
+    acme = load(tmp_path, REFERENCE_EXAMPLE, REFERENCE_ENV)["acme"]
 
     view = masked_view(acme)
 
@@ -657,7 +657,7 @@ def test_masked_view_keeps_what_is_not_secret(tmp_path: Path) -> None:
     assert view["intercom"]["api_base"] == "https://api.intercom.io"
     assert view["post_link_debounce_s"] == 0.15
     # masking is a view: the loaded product still holds the real secret
-    assert acme.ingest_token == SPEC_ENV["ACME_INGEST_TOKEN"]
+    assert acme.ingest_token == REFERENCE_ENV["ACME_INGEST_TOKEN"]
 
 
 SHORT_SECRET_CASES = {

@@ -1,4 +1,4 @@
-"""Retry timing for failed notes (SPEC §8)."""
+"""Retry timing for failed notes: 0.5 s doubling to 60 s, jittered, for up to 24 h."""
 
 from __future__ import annotations
 

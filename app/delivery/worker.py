@@ -36,7 +36,7 @@ _KINDS: dict[str, NoteKind] = {"pre": "prelink", "out": "postlink", "summary": "
 
 
 def build_note(claim: Claim, product: ProductConfig, *, now: float) -> Note:
-    """The note a claim stands for, formatted per SPEC §7."""
+    """The note a claim stands for, in the note format (app/notes.py)."""
     kind = _KINDS[claim.source]
     if kind == "summary":
         body = format_summary(claim.session_id, claim.summary, now=now)
@@ -193,7 +193,7 @@ class DeliveryWorker:
             outcome = await self._store.ack(claim, product, note_id=note_id, now=self._clock.now())
         except StoreUnavailable as exc:
             # The note is posted but not acknowledged: the lease runs out and the note may
-            # be posted again (at-least-once, SPEC §8).
+            # be posted again (at-least-once delivery).
             bound.warning("note_ack_failed", error=str(exc))
             return
         metrics.NOTES_POSTED.labels(product.id, product.platform, note.kind).inc()

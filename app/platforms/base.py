@@ -50,7 +50,7 @@ class WebhookEvent:
 
 @dataclass(frozen=True, slots=True)
 class Note:
-    """One internal note to post. ``body`` is plain text in the format of SPEC §7."""
+    """One internal note to post. ``body`` is plain text in the note format (app/notes.py)."""
 
     product_id: str
     session_id: str

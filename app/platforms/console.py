@@ -1,4 +1,4 @@
-"""Console adapter: notes go to the log, for demos, dry runs and ``make run`` (SPEC §6.4)."""
+"""Console adapter: notes go to the log, for demos, dry runs and ``make run``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Generic HTTP adapter for self-hosted bots: Standard Webhooks in both directions (SPEC §6.3)."""
+"""Generic HTTP adapter for self-hosted bots: Standard Webhooks in both directions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Intercom adapter (SPEC §6.1): signed notification webhooks in, admin notes out."""
+"""Intercom adapter: signed notification webhooks in, admin notes out."""
 
 from __future__ import annotations
 

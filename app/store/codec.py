@@ -17,7 +17,7 @@ _STORED_FIELDS: set[str] = set(
 
 
 def action_digest(action: SlimAction) -> bytes:
-    """The identity of SPEC §4.1 (the session is implied by the key): redeliveries collide.
+    """An action's identity (the session is implied by the key): redeliveries collide.
     ``repr`` keeps it unambiguous: ``None`` differs from ``"None"``, separators are escaped."""
     identity = (
         f"{action.started_at!r}\x1f{action.type!r}\x1f{action.description!r}"

@@ -28,7 +28,7 @@ def due_member(product_id: str, session_id: str) -> str:
 
 
 def split_due_member(member: str) -> tuple[str, str]:
-    # Product ids never contain ':' (SPEC §3.2), session ids may.
+    # Product ids never contain ':' (app/products.py), session ids may.
     product_id, _, session_id = member.partition(":")
     return product_id, session_id
 

@@ -116,7 +116,7 @@ class AckOutcome:
 
 @dataclass(frozen=True, slots=True)
 class SessionState:
-    """SPEC §5.6, with FSM timeouts applied as of the read."""
+    """A session's link and state machine, with FSM timeouts applied as of the read."""
 
     session_id: str
     product_id: str

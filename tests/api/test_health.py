@@ -1,4 +1,4 @@
-"""Operations endpoints (SPEC §4.5) and the answers while the store is down (§4, §8)."""
+"""Operations endpoints and the answers while the store is down."""
 
 from __future__ import annotations
 

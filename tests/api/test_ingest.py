@@ -1,4 +1,4 @@
-"""``POST /actions/{product_id}`` (SPEC §4.1): validation, dedupe, auth, limits."""
+"""``POST /actions/{product_id}``: validation, dedupe, auth, limits."""
 
 from __future__ import annotations
 

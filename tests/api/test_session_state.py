@@ -1,4 +1,4 @@
-"""SPEC §5.6 and §4.4: the session FSM, its timeouts and the proactive gate."""
+"""The session FSM, its timeouts and the proactive gate."""
 
 from __future__ import annotations
 

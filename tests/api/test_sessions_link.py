@@ -1,4 +1,4 @@
-"""``POST /sessions/link`` (SPEC §4.3, §5.4): browser-side and custom linking."""
+"""``POST /sessions/link``: browser-side and custom linking."""
 
 from __future__ import annotations
 

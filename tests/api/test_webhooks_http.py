@@ -1,4 +1,4 @@
-"""``/chatbot-webhook/{product_id}`` for platform ``http`` (SPEC §4.2, §5.4, §5.5, §6.3)."""
+"""``/chatbot-webhook/{product_id}`` for platform ``http``."""
 
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ async def test_webhook_that_is_not_json_content_is_415(h: Harness) -> None:
     assert r.json()["error"] == "unsupported_media_type"
 
 
-# -- link semantics (§5.4) -----------------------------------------------------------------------
+# -- link semantics ------------------------------------------------------------------------------
 
 
 async def test_created_with_a_session_id_links_the_session(h: Harness) -> None:
@@ -305,7 +305,7 @@ async def test_webhook_with_no_session_user_or_email_is_ignored(h: Harness) -> N
     assert result == answer("ignored", None, "c1")
 
 
-# -- finding the session (§5.5) ------------------------------------------------------------------
+# -- finding the session -------------------------------------------------------------------------
 
 
 async def test_session_is_found_by_user_id(h: Harness) -> None:

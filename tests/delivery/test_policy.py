@@ -1,4 +1,4 @@
-"""SPEC §5 delivery policy through the app and worker, on a real Redis, platform mocked."""
+"""The delivery policy through the app and worker, on a real Redis, platform mocked."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §5.7: a summary goes out after the queued action notes, then replaces them."""
+"""Summaries: a summary goes out after the queued action notes, then replaces them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Two service processes on one Redis, with every request going to either of them (SPEC §8).
+"""Two service processes on one Redis, with every request going to either of them.
 
 Each session sends a few batches before its link, a signed link webhook, then more batches, all
 spread over both replicas by a small thread pool. Every action must reach the bot in exactly one

@@ -1,4 +1,4 @@
-"""A fake self-hosted bot (the ``http`` platform, SPEC §6.3) served by uvicorn in a thread.
+"""A fake self-hosted bot (the ``http`` platform) served by uvicorn in a thread.
 
 It verifies the Standard Webhooks signature of every note, records what it accepted, and can be
 told to fail the next few posts, to fail a share of posts at random for a while, or to throttle

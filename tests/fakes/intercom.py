@@ -1,4 +1,4 @@
-"""A fake Intercom REST API (SPEC §6.1) served by uvicorn in a thread.
+"""A fake Intercom REST API served by uvicorn in a thread.
 
 It checks the access token and headers like Intercom does, keeps each conversation's parts,
 answers a reply with the whole conversation (the new note part authored by the admin last),

@@ -91,7 +91,7 @@ local function touch(st, now, ttl_s)
   redis.call('EXPIRE', st, ttl_s)
 end
 
--- Session FSM (SPEC §5.6), times in epoch seconds. Timeouts are applied whenever the state is
+-- Session FSM, times in epoch seconds. Timeouts are applied whenever the state is
 -- read or changed, so no timer is needed: proactive/reactive fall back to thinking
 -- interaction_timeout after the last interaction, and a cooldown starts at that moment.
 local function fsm_normalize(st, now_s, timeout_s, cooldown_s)
@@ -107,7 +107,7 @@ local function fsm_normalize(st, now_s, timeout_s, cooldown_s)
   return state
 end
 
--- May a proactive message start now? Returns allowed, reason (SPEC §5.6 reasons).
+-- May a proactive message start now? Returns allowed, reason (the v2_* reasons).
 local function proactive_gate(st, now_s, timeout_s, cooldown_s)
   local state = fsm_normalize(st, now_s, timeout_s, cooldown_s)
   if state ~= 'thinking' then return false, 'v2_state_' .. state end

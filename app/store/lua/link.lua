@@ -1,4 +1,4 @@
--- Link a session to a conversation (SPEC §5.4). A user message (a platform webhook) also moves
+-- Link a session to a conversation (NEW / REPLY_EXISTING, docs/delivery.md). A user message (a platform webhook) also moves
 -- the session to reactive_assistance, whether or not the link changes.
 -- A webhook's delivery id is recorded here, with the link it causes, so a redelivery is
 -- either applied or reported as a duplicate, never lost between the two.

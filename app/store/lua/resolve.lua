@@ -1,4 +1,4 @@
--- Find the latest session of a contact, or remember the conversation for it (SPEC §5.5).
+-- Find the latest session of a contact, or remember the conversation for it (docs/delivery.md).
 -- Atomic, so a batch that lands meanwhile either is found here or finds the pending link.
 -- Remembering it records the webhook's delivery id in the same step (see link.lua).
 -- KEYS: id_user id_email pending_user pending_email delivery
