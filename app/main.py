@@ -11,16 +11,20 @@ import httpx
 import redis.asyncio as redis
 import structlog
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from app import __version__
 from app.api import debug, health, ingest, sessions, webhooks
 from app.api.deps import Services
+from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestContextMiddleware
 from app.clock import Clock, SystemClock
 from app.delivery.worker import DeliveryWorker
 from app.logs import configure_logging
+from app.openapi import build_openapi
 from app.platforms import build_platform
 from app.platforms.base import CALL_TIMEOUT_S, CONNECT_TIMEOUT_S
 from app.products import ProductConfig, ProductsFileError, load_products
@@ -28,6 +32,20 @@ from app.settings import Settings, get_settings
 from app.store.redis_store import RedisStore
 
 log = structlog.get_logger(__name__)
+
+
+class BridgeApp(FastAPI):
+    """FastAPI with the bridge's OpenAPI document (``app.openapi.build_openapi``)."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = build_openapi(self)
+        return self.openapi_schema
+
+
+def _operation_id(route: APIRoute) -> str:
+    # The route function's name: what a generated client calls the method.
+    return route.name
 
 
 def _redis_client(settings: Settings) -> redis.Redis:
@@ -131,16 +149,21 @@ def create_app(
                 await client.aclose()
             log.info("service_stopped")
 
-    app = FastAPI(
+    app = BridgeApp(
         title="chatbot-bridge",
         summary="Posts what a user just did in the product into their support conversation.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
+        # Served from local assets by install_docs: the defaults load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=_operation_id,
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     for module in (ingest, webhooks, sessions, health, debug):
         app.include_router(module.router)
+    install_docs(app)
     return app
 
 

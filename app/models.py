@@ -320,3 +320,122 @@ class ErrorBody(BaseModel):
     error: str
     detail: str
     fields: list[dict[str, str]] | None = None
+
+
+# --- response bodies (what the routes answer; documented in the OpenAPI document) ---
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request, in ``ErrorBody.fields``."""
+
+    loc: str = Field(description="Where the problem is, e.g. ``actions[3].timestamp_start``.")
+    message: str
+
+
+class SessionMetadata(BaseModel):
+    """The identity hints the bridge holds for a session."""
+
+    user_id: str | None
+    email: str | None
+
+
+class SessionState(BaseModel):
+    """A session's link, FSM state and proactive gate, as of the read."""
+
+    session_id: str
+    product_id: str
+    conversation_linked: bool
+    conversation_id: str | None
+    metadata: SessionMetadata
+    current_state: str = Field(
+        description="The session FSM: thinking, reactive_assistance or proactive_assistance."
+    )
+    last_interaction_at: float | None = Field(description="Unix seconds.")
+    cooldown_until: float | None = Field(description="Unix seconds.")
+    can_deliver_proactive: bool
+    proactive_reason: str = Field(description="``ok``, or why a proactive message cannot start.")
+    pending_actions: int = Field(description="Actions buffered until the session is linked.")
+    queued_actions: int = Field(description="Actions waiting to be posted to the conversation.")
+    created_at: float | None = Field(description="Unix seconds.")
+    updated_at: float | None = Field(description="Unix seconds.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+
+
+class ReadinessChecks(BaseModel):
+    store: Literal["ok", "failing"]
+    config: Literal["ok", "failing"]
+    intake: Literal["ok", "draining"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: ReadinessChecks
+
+
+class ProductList(BaseModel):
+    """Every configured product, as in the products file, with secrets masked."""
+
+    products: list[dict[str, Any]]
+
+
+class StoredActionView(BaseModel):
+    """An action as the store keeps it (the fields a note uses)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    description: str
+    timestamp_start: float
+    timestamp_end: float | None = None
+    type: str | None = None
+    title: str | None = None
+    canonical_url: str | None = None
+    raw_url: str | None = None
+
+
+class PostedNoteView(BaseModel):
+    kind: Literal["actions", "summary"]
+    conversation_id: str
+    note_id: str
+
+
+class SessionView(BaseModel):
+    """Everything the store holds for one session."""
+
+    product_id: str
+    session_id: str
+    state: dict[str, str] = Field(description="The session's stored hash, field by field.")
+    pre_link_buffer: list[StoredActionView]
+    outbox: list[StoredActionView]
+    posted_notes: list[PostedNoteView]
+    next_note_due_at: float | None = Field(description="Unix seconds.")
+
+
+class DeadLetter(BaseModel):
+    """A note that could not be delivered, with what it carried."""
+
+    model_config = ConfigDict(extra="allow")
+
+    session_id: str
+    conversation_id: str | None = None
+    kind: str
+    error: str
+    attempts: int
+    first_failure_at: float
+    failed_at: float
+    actions: list[StoredActionView] = []
+    summary: str | None = None
+
+
+class DeadLetterList(BaseModel):
+    product_id: str
+    total: int
+    dead_letters: list[DeadLetter] = Field(description="Newest first.")
+
+
+class DeadLetterReplay(BaseModel):
+    product_id: str
+    replayed: int = Field(description="How many dead letters were queued for delivery again.")

@@ -6,20 +6,38 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from app import openapi
 from app.api.deps import AdminDep, ProductDep, ServicesDep, SessionIdPath
 from app.api.errors import ApiError
+from app.models import DeadLetterList, DeadLetterReplay, ProductList, SessionView
 from app.products import masked_view
 
+ADMIN = (openapi.ADMIN_DISABLED, openapi.UNAUTHORIZED)
+# Every route but the product list also names a product, and takes a checked path or query.
+PRODUCT = (openapi.UNKNOWN_PRODUCT, openapi.INVALID_PARAMETER)
+ADMIN_SECURITY = openapi.security(openapi.ADMIN_BEARER)
 router = APIRouter(prefix="/debug", tags=["debug"])
 
 
-@router.get("/products")
+@router.get(
+    "/products",
+    response_model=ProductList,
+    responses=openapi.error_responses(*ADMIN),
+    openapi_extra=ADMIN_SECURITY,
+)
 async def list_products(_: AdminDep, services: ServicesDep) -> dict[str, Any]:
     """Every configured product, secrets masked."""
     return {"products": [masked_view(p) for p in services.products.values()]}
 
 
-@router.get("/sessions/{product_id}/{session_id}")
+@router.get(
+    "/sessions/{product_id}/{session_id}",
+    response_model=SessionView,
+    responses=openapi.error_responses(
+        *ADMIN, *PRODUCT, openapi.UNKNOWN_SESSION, openapi.STORE_UNAVAILABLE
+    ),
+    openapi_extra=ADMIN_SECURITY,
+)
 async def show_session(
     _: AdminDep, product: ProductDep, session_id: SessionIdPath, services: ServicesDep
 ) -> dict[str, Any]:
@@ -30,7 +48,12 @@ async def show_session(
     return {"product_id": product.id, "session_id": session_id, **view}
 
 
-@router.get("/dead-letters/{product_id}")
+@router.get(
+    "/dead-letters/{product_id}",
+    response_model=DeadLetterList,
+    responses=openapi.error_responses(*ADMIN, *PRODUCT, openapi.STORE_UNAVAILABLE),
+    openapi_extra=ADMIN_SECURITY,
+)
 async def list_dead_letters(
     _: AdminDep,
     product: ProductDep,
@@ -46,7 +69,12 @@ async def list_dead_letters(
     }
 
 
-@router.post("/dead-letters/{product_id}/replay")
+@router.post(
+    "/dead-letters/{product_id}/replay",
+    response_model=DeadLetterReplay,
+    responses=openapi.error_responses(*ADMIN, *PRODUCT, *openapi.STORE_ERRORS),
+    openapi_extra=ADMIN_SECURITY,
+)
 async def replay_dead_letters(
     _: AdminDep,
     product: ProductDep,

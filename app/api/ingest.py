@@ -5,11 +5,12 @@ from __future__ import annotations
 import structlog
 from fastapi import APIRouter, Request, Response
 
-from app import metrics
+from app import metrics, openapi
 from app.api.deps import JsonBody, ProductDep, ServicesDep
 from app.api.errors import ApiError
 from app.auth import ingest_credential, replay_field
 from app.models import (
+    MAX_PAYLOADS_PER_REQUEST,
     ActionsPayload,
     IngestResponse,
     Intake,
@@ -23,6 +24,20 @@ from app.store.redis_store import IngestOutcome
 
 router = APIRouter(tags=["ingest"])
 log = structlog.get_logger(__name__)
+
+_PAYLOADS = [openapi.schema_ref(ActionsPayload), openapi.schema_ref(SummaryPayload)]
+_PAYLOAD_ARRAY = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": MAX_PAYLOADS_PER_REQUEST,
+    "items": {"oneOf": _PAYLOADS},
+}
+INGEST_BODY = openapi.request_body(
+    {"oneOf": [*_PAYLOADS, _PAYLOAD_ARRAY]},
+    description="One payload or an array of them, in order: an action batch (`type` "
+    "`actions` or absent) or a summary (`type` `summary`; without a `type`, a body with a "
+    "`summary` and no `actions` is one). Unknown fields are ignored.",
+)
 
 
 UNAUTHORIZED = ApiError(
@@ -93,7 +108,19 @@ def _count(product: ProductConfig, outcomes: list[IngestOutcome]) -> None:
             )
 
 
-@router.post("/actions/{product_id}", status_code=202, response_model=IngestResponse)
+@router.post(
+    "/actions/{product_id}",
+    status_code=202,
+    response_model=IngestResponse,
+    responses=openapi.error_responses(
+        openapi.UNKNOWN_PRODUCT,
+        *openapi.BODY_ERRORS,
+        openapi.UNAUTHORIZED,
+        openapi.INVALID_PAYLOAD,
+        *openapi.STORE_ERRORS,
+    ),
+    openapi_extra=openapi.operation(INGEST_BODY, openapi.security(*openapi.INGEST_CREDENTIALS)),
+)
 async def ingest_actions(
     product: ProductDep, body: JsonBody, request: Request, services: ServicesDep
 ) -> Response:

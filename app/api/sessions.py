@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from app import metrics
+from app import metrics, openapi
 from app.api.deps import (
     JsonBody,
     ProductDep,
@@ -19,15 +19,43 @@ from app.api.deps import (
 from app.api.errors import ApiError
 from app.auth import Credential, ingest_credential, is_admin, read_allowed, replay_field
 from app.linking import link_session
-from app.models import LinkRequest, ProactiveRequest, WebhookResponse, validation_fields
+from app.models import (
+    LinkRequest,
+    ProactiveRequest,
+    SessionState,
+    WebhookResponse,
+    validation_fields,
+)
 from app.platforms.base import LinkEvent
 from app.products import ProductConfig
-from app.store.redis_store import SessionState
+from app.store import redis_store
 
 router = APIRouter(tags=["sessions"])
 
+# A write takes the product's ingest credentials or the admin token; a read a bearer token.
+WRITE_SECURITY = openapi.security(*openapi.INGEST_CREDENTIALS, openapi.ADMIN_BEARER)
+READ_SECURITY = openapi.security(openapi.INGEST_BEARER, openapi.ADMIN_BEARER)
+LINK_BODY = openapi.request_body(
+    openapi.schema_ref(LinkRequest), description="The session and the conversation to link."
+)
+PROACTIVE_BODY = openapi.request_body(
+    openapi.schema_ref(ProactiveRequest),
+    description="What triggered the proactive message (replays of the same request are 409).",
+)
 
-@router.post("/sessions/link")
+
+@router.post(
+    "/sessions/link",
+    response_model=WebhookResponse,
+    responses=openapi.error_responses(
+        *openapi.BODY_ERRORS,
+        openapi.INVALID_PAYLOAD,
+        openapi.UNKNOWN_PRODUCT,
+        openapi.UNAUTHORIZED,
+        *openapi.STORE_ERRORS,
+    ),
+    openapi_extra=openapi.operation(LINK_BODY, WRITE_SECURITY),
+)
 async def link(body: JsonBody, request: Request, services: ServicesDep) -> WebhookResponse:
     """Link a session to a conversation (auth: the product's ingest credentials or admin)."""
     try:
@@ -70,7 +98,7 @@ def _authorize(
     return credential
 
 
-def _state_json(state: SessionState) -> dict[str, Any]:
+def _state_json(state: redis_store.SessionState) -> dict[str, Any]:
     return {
         "session_id": state.session_id,
         "product_id": state.product_id,
@@ -89,7 +117,18 @@ def _state_json(state: SessionState) -> dict[str, Any]:
     }
 
 
-@router.get("/sessions/{product_id}/{session_id}")
+@router.get(
+    "/sessions/{product_id}/{session_id}",
+    response_model=SessionState,
+    responses=openapi.error_responses(
+        openapi.UNKNOWN_PRODUCT,
+        openapi.INVALID_PARAMETER,
+        openapi.UNAUTHORIZED,
+        openapi.UNKNOWN_SESSION,
+        *openapi.STORE_ERRORS,
+    ),
+    openapi_extra=READ_SECURITY,
+)
 async def session_state(
     product: ProductDep, session_id: SessionIdPath, request: Request, services: ServicesDep
 ) -> dict[str, Any]:
@@ -104,7 +143,22 @@ async def session_state(
     return _state_json(state)
 
 
-@router.post("/sessions/{product_id}/{session_id}/proactive")
+@router.post(
+    "/sessions/{product_id}/{session_id}/proactive",
+    response_model=SessionState,
+    responses=openapi.error_responses(
+        openapi.UNKNOWN_PRODUCT,
+        openapi.INVALID_PARAMETER,
+        *openapi.BODY_ERRORS,
+        openapi.UNAUTHORIZED,
+        openapi.INVALID_PAYLOAD,
+        openapi.UNKNOWN_SESSION,
+        openapi.REPLAYED_REQUEST,
+        openapi.PROACTIVE_NOT_ALLOWED,
+        *openapi.STORE_ERRORS,
+    ),
+    openapi_extra=openapi.operation(PROACTIVE_BODY, WRITE_SECURITY),
+)
 async def start_proactive(
     product: ProductDep,
     session_id: SessionIdPath,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import structlog
 from fastapi import APIRouter, Request, Response
 
-from app import metrics
+from app import metrics, openapi
 from app.api.deps import JsonBody, ProductDep, ServicesDep
 from app.api.errors import ApiError
+from app.api.webhook_schemas import IntercomNotification, ZendeskTicketEvent, ZendeskTrigger
 from app.linking import LinkResult, link_from_webhook
 from app.models import WebhookResponse
 from app.platforms.base import (
@@ -17,13 +18,35 @@ from app.platforms.base import (
     WebhookEvent,
     WebhookRejected,
 )
+from app.platforms.http import BotEvent
 from app.products import ProductConfig
 
 router = APIRouter(tags=["webhooks"])
 log = structlog.get_logger(__name__)
 
+WEBHOOK_BODY = openapi.request_body(
+    {
+        "oneOf": [
+            openapi.schema_ref(model)
+            for model in (IntercomNotification, ZendeskTicketEvent, ZendeskTrigger, BotEvent)
+        ]
+    },
+    description="The product's platform decides the body: an Intercom `notification_event` "
+    "(`intercom`), a Zendesk event subscription or trigger body (`zendesk`), or a bot event "
+    "(`http` and `console`: `conversation.created` links as a new conversation, "
+    "`conversation.replied` as a reply, any other `event` is acknowledged and ignored). "
+    "Events that cannot link are answered 200 with status `ignored`.",
+)
 
-@router.head("/chatbot-webhook/{product_id}")
+
+@router.head(
+    "/chatbot-webhook/{product_id}",
+    response_class=Response,
+    responses={
+        200: {"description": "The webhook URL exists."},
+        **openapi.error_responses(openapi.UNKNOWN_PRODUCT),
+    },
+)
 async def webhook_probe(product: ProductDep) -> Response:
     """Answer the URL check some platforms (Intercom) make before sending webhooks."""
     return Response(status_code=200)
@@ -56,7 +79,19 @@ async def _verified_event(
         ) from exc
 
 
-@router.post("/chatbot-webhook/{product_id}")
+@router.post(
+    "/chatbot-webhook/{product_id}",
+    response_model=WebhookResponse,
+    responses=openapi.error_responses(
+        openapi.UNKNOWN_PRODUCT,
+        *openapi.BODY_ERRORS,
+        openapi.INVALID_SIGNATURE,
+        openapi.INVALID_WEBHOOK,
+        openapi.PLATFORM_UNAVAILABLE,
+        *openapi.STORE_ERRORS,
+    ),
+    openapi_extra=openapi.operation(WEBHOOK_BODY, openapi.security(*openapi.PLATFORM_SIGNATURES)),
+)
 async def receive_webhook(
     product: ProductDep, body: JsonBody, request: Request, services: ServicesDep
 ) -> WebhookResponse:

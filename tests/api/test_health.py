@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -46,7 +47,7 @@ def error(response: httpx.Response, status: int, code: str) -> dict[str, object]
 async def test_healthz_answers_ok(h: Harness) -> None:
     r = await h.client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok"}
+    assert r.json() == {"status": "ok", "version": version("chatbot-bridge")}
 
 
 async def test_readyz_reports_every_check_ok(h: Harness) -> None:
@@ -149,7 +150,7 @@ async def test_readyz_fails_and_healthz_passes_when_the_store_is_down(down: Harn
     assert ready.json()["checks"]["store"] == "failing"
     health = await down.client.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok"}
+    assert health.json() == {"status": "ok", "version": version("chatbot-bridge")}
 
 
 async def test_validation_still_answers_422_when_the_store_is_down(down: Harness) -> None:
