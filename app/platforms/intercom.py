@@ -91,7 +91,8 @@ def conversation_parts(conversation: Mapping[str, Any]) -> list[Mapping[str, Any
 
 def _contact_email(author: Any) -> str | None:
     author = _object(author)
-    if author.get("type") not in CONTACT_AUTHOR_TYPES:
+    # A type that is not a string (a list, an object) would not even be hashable.
+    if _text(author.get("type")) not in CONTACT_AUTHOR_TYPES:
         return None
     return _text(author.get("email"))
 

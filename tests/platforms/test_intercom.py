@@ -204,6 +204,20 @@ async def test_user_replied_is_reply_existing_with_the_customers_email(
     assert event.session_id is None
 
 
+@pytest.mark.parametrize("author_type", [[], {"type": "user"}, 7, None])
+async def test_an_author_type_that_is_not_a_string_names_no_email(
+    platform: IntercomPlatform, author_type: object
+) -> None:
+    """Found by the fuzz test: a list as ``type`` once raised TypeError (a 500)."""
+    envelope = fixture("conversation_user_replied")
+    for part in envelope["data"]["item"]["conversation_parts"]["conversation_parts"]:
+        part["author"]["type"] = author_type
+    envelope["data"]["item"]["source"]["author"]["type"] = author_type
+    event = await platform.parse({}, encode(envelope))
+    assert event.event is LinkEvent.REPLY_EXISTING
+    assert event.email is None
+
+
 async def test_a_1x_payload_takes_identity_from_item_user(platform: IntercomPlatform) -> None:
     event = await platform.parse({}, raw_fixture("conversation_user_created_v1"))
     assert event.event is LinkEvent.NEW
