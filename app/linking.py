@@ -7,7 +7,7 @@ from typing import Literal
 
 import structlog
 
-from app.platforms.base import LinkEvent, WebhookEvent
+from app.domain import LinkEvent, WebhookEvent
 from app.products import ProductConfig
 from app.store.redis_store import RedisStore
 

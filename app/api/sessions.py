@@ -18,6 +18,7 @@ from app.api.deps import (
 )
 from app.api.errors import ApiError
 from app.auth import Credential, ingest_credential, is_admin, read_allowed, replay_field
+from app.domain import LinkEvent
 from app.linking import link_session
 from app.models import (
     LinkRequest,
@@ -26,7 +27,6 @@ from app.models import (
     WebhookResponse,
     validation_fields,
 )
-from app.platforms.base import LinkEvent
 from app.products import ProductConfig
 from app.store import redis_store
 

@@ -9,15 +9,10 @@ from app import metrics, openapi
 from app.api.deps import JsonBody, ProductDep, ServicesDep
 from app.api.errors import ApiError
 from app.api.webhook_schemas import IntercomNotification, ZendeskTicketEvent, ZendeskTrigger
+from app.domain import WebhookEvent
 from app.linking import LinkResult, link_from_webhook
 from app.models import WebhookResponse
-from app.platforms.base import (
-    DeliveryError,
-    InvalidWebhook,
-    Platform,
-    WebhookEvent,
-    WebhookRejected,
-)
+from app.platforms.base import DeliveryError, InvalidWebhook, Platform, WebhookRejected
 from app.platforms.http import BotEvent
 from app.products import ProductConfig
 

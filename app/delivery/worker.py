@@ -16,12 +16,11 @@ import structlog
 from app import metrics
 from app.clock import Clock
 from app.delivery.backoff import GIVE_UP_AFTER_S, retry_delay_s
+from app.domain import Note, NoteKind
 from app.notes import format_note, format_summary
 from app.platforms.base import (
     ConversationNotFound,
     DeliveryError,
-    Note,
-    NoteKind,
     PermanentDeliveryError,
     Platform,
     RetryableDeliveryError,

@@ -1,6 +1,7 @@
 """The contract every chat platform adapter implements.
 
-An adapter turns the platform's webhooks into link events and posts (and redacts) notes.
+An adapter turns the platform's webhooks into link events and posts (and redacts) notes; those
+types (``WebhookEvent``, ``Note``) are the domain's, in app/domain.py.
 It receives its ``httpx.AsyncClient`` and never imports FastAPI; its failures are typed so the
 delivery engine can tell a retry from a dead letter.
 """
@@ -11,14 +12,13 @@ import asyncio
 import email.utils
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 import pydantic_core
 
 from app.clock import Clock
+from app.domain import Note, WebhookEvent
 from app.products import ProductConfig
 
 # Total time allowed for one outbound call (httpx's own timeouts are per operation).
@@ -26,40 +26,6 @@ CALL_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 5.0
 # A platform's wait hint is honoured up to this; a larger one is treated as this.
 MAX_WAIT_HINT_S = 3600.0
-
-NoteKind = Literal["prelink", "postlink", "summary"]
-
-
-class LinkEvent(StrEnum):
-    NEW = "new"
-    REPLY_EXISTING = "reply_existing"
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookEvent:
-    """What a verified webhook means for linking. ``event is None`` means ignore it."""
-
-    delivery_id: str | None
-    event: LinkEvent | None
-    conversation_id: str | None = None
-    session_id: str | None = None
-    user_id: str | None = None
-    email: str | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """One internal note to post. ``body`` is plain text in the note format (app/notes.py)."""
-
-    product_id: str
-    session_id: str
-    conversation_id: str
-    kind: NoteKind
-    body: str
-    # Stays the same across retries of this note (an idempotency key for the platform).
-    delivery_id: str
-    actions: tuple[Mapping[str, Any], ...] = field(default=())
 
 
 class WebhookRejected(Exception):

@@ -9,7 +9,8 @@ import httpx
 import structlog
 
 from app.clock import Clock
-from app.platforms.base import Note, Platform, WebhookEvent, WebhookRejected
+from app.domain import Note, WebhookEvent
+from app.platforms.base import Platform, WebhookRejected
 from app.platforms.http import parse_bot_event, verify_webhook
 from app.products import ProductConfig
 from app.security import decode_whsec

@@ -10,14 +10,12 @@ import httpx
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from app.clock import Clock
+from app.domain import LinkEvent, Note, WebhookEvent
 from app.models import ConversationId, SessionId
 from app.platforms.base import (
     InvalidWebhook,
-    LinkEvent,
-    Note,
     PermanentDeliveryError,
     Platform,
-    WebhookEvent,
     WebhookRejected,
     load_json_object,
 )

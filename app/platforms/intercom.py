@@ -10,16 +10,14 @@ from urllib.parse import quote
 import httpx
 
 from app.clock import Clock
+from app.domain import LinkEvent, Note, WebhookEvent
 from app.models import is_session_id
 from app.notes import to_html
 from app.platforms.base import (
     MAX_WAIT_HINT_S,
     InvalidWebhook,
-    LinkEvent,
-    Note,
     PermanentDeliveryError,
     Platform,
-    WebhookEvent,
     WebhookRejected,
     load_json_object,
     retry_after_seconds,

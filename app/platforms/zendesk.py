@@ -47,15 +47,13 @@ import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from app.clock import Clock
+from app.domain import LinkEvent, Note, WebhookEvent
 from app.models import ConversationId, is_session_id
 from app.platforms.base import (
     ConversationNotFound,
     InvalidWebhook,
-    LinkEvent,
-    Note,
     Platform,
     RetryableDeliveryError,
-    WebhookEvent,
     WebhookRejected,
     load_json_object,
 )

@@ -11,8 +11,8 @@ from typing import Any, Literal
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from app.domain import LinkEvent
 from app.models import ActionsPayload, SummaryPayload
-from app.platforms.base import LinkEvent
 from app.products import ProductConfig
 from app.store import keys
 from app.store.codec import StoredAction, action_digest, encode_action, in_arrival_order

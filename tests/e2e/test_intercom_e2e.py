@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.platforms.base import ConversationNotFound, Note, RetryableDeliveryError
+from app.domain import Note
+from app.platforms.base import ConversationNotFound, RetryableDeliveryError
 from app.platforms.intercom import IntercomPlatform
 from tests.conftest import INGEST_TOKEN, ManualClock, batch, make_product
 from tests.e2e.service import Bridge, bridge

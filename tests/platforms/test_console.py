@@ -7,8 +7,9 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from app.domain import LinkEvent, Note
 from app.platforms import build_platform
-from app.platforms.base import LinkEvent, Note, WebhookRejected
+from app.platforms.base import WebhookRejected
 from app.platforms.console import ConsolePlatform
 from app.products import ProductConfig
 from app.security import standard_webhook_headers

@@ -8,12 +8,11 @@ import pytest
 import respx
 from starlette.datastructures import Headers
 
+from app.domain import LinkEvent, Note
 from app.platforms import UnknownPlatform, build_platform
 from app.platforms.base import (
     ConversationNotFound,
     InvalidWebhook,
-    LinkEvent,
-    Note,
     PermanentDeliveryError,
     RetryableDeliveryError,
     WebhookRejected,

@@ -15,13 +15,12 @@ import redis.asyncio as aioredis
 import respx
 from starlette.datastructures import Headers
 
+from app.domain import LinkEvent, Note
 from app.platforms import build_platform
 from app.platforms.base import (
     MAX_WAIT_HINT_S,
     ConversationNotFound,
     InvalidWebhook,
-    LinkEvent,
-    Note,
     PermanentDeliveryError,
     RetryableDeliveryError,
     WebhookRejected,

@@ -11,12 +11,11 @@ import redis.asyncio as aioredis
 import respx
 from starlette.datastructures import Headers
 
+from app.domain import LinkEvent, Note
 from app.platforms import build_platform
 from app.platforms.base import (
     ConversationNotFound,
     InvalidWebhook,
-    LinkEvent,
-    Note,
     PermanentDeliveryError,
     RetryableDeliveryError,
     WebhookRejected,

@@ -9,8 +9,8 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
+from app.domain import LinkEvent
 from app.models import ActionsPayload, Intake, parse_ingest
-from app.platforms.base import LinkEvent
 from app.store import keys
 from app.store.redis_store import RedisStore
 from tests.conftest import batch, make_product
