@@ -150,3 +150,46 @@ def batch(
     """An ActionsPayload body: ``batch("s1", ("clicked A", 100.0), user_id="u1")``."""
     actions = [{"description": d, "timestamp_start": t} for d, t in descriptions_and_times]
     return {"session_id": session_id, "actions": actions, **fields}
+
+
+# -- Redis Cluster -------------------------------------------------------------------------------
+
+
+def skip_or_fail_without_cluster_binaries(needed_for: str) -> None:
+    """Skip when redis-server/redis-cli are missing; fail instead when BRIDGE_REQUIRE_REDIS=1."""
+    from tests.cluster import missing_binaries
+
+    missing = missing_binaries()
+    if not missing:
+        return
+    message = f"{' and '.join(missing)} not on PATH, needed {needed_for}"
+    if os.environ.get("BRIDGE_REQUIRE_REDIS") == "1":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A real Redis Cluster: BRIDGE_TEST_REDIS_CLUSTER_URL, or 3 primaries this session starts."""
+    from tests.cluster import LocalRedisCluster
+
+    configured = os.environ.get("BRIDGE_TEST_REDIS_CLUSTER_URL")
+    if configured:
+        yield configured
+        return
+    skip_or_fail_without_cluster_binaries(
+        "for a cluster when BRIDGE_TEST_REDIS_CLUSTER_URL is unset"
+    )
+    with LocalRedisCluster.start(primaries=3) as cluster:  # stops every node, even on failure
+        yield cluster.url
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster_url: str) -> AsyncIterator[aioredis.RedisCluster]:
+    """A cluster client on an empty cluster (FLUSHALL on every primary first), closed after."""
+    client = aioredis.RedisCluster.from_url(redis_cluster_url)
+    try:
+        await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
+        yield client
+    finally:
+        await client.aclose()
