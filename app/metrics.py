@@ -56,5 +56,11 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+HTTP_REFUSED = Counter(
+    "bridge_http_refused_total",
+    "Requests the server answered before the app saw them (overloaded, headers too large or "
+    "too slow).",
+    ["reason"],
+)
 DUE_SESSIONS = Gauge("bridge_due_sessions", "Sessions with a note waiting in the due queue.")
 DEAD_LETTERS = Gauge("bridge_dead_letters", "Notes in a product's dead-letter list.", ["product"])

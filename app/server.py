@@ -26,6 +26,7 @@ from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from app import metrics
 from app.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -114,6 +115,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.header_bytes == self.max_header_bytes:
             detail = f"the request headers are larger than {self.max_header_bytes} bytes"
             log.warning("http_headers_too_large", limit_bytes=self.max_header_bytes)
+            metrics.HTTP_REFUSED.labels("headers_too_large").inc()
             self._reject(431, "headers_too_large", detail)
             return
         self.data_received(data[room:])
@@ -152,6 +154,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.connections) <= limit and len(self.tasks) < limit:
             return False
         log.warning("http_overloaded", max_connections=limit)
+        metrics.HTTP_REFUSED.labels("overloaded").inc()
         return True
 
     def _arm_header_timer(self) -> None:
@@ -173,6 +176,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         detail = f"the request headers did not arrive within {self.header_read_timeout_s:g} s"
         log.info("http_header_timeout", timeout_s=self.header_read_timeout_s)
+        metrics.HTTP_REFUSED.labels("header_timeout").inc()
         self._reject(408, "request_timeout", detail)
 
     def _reject(self, status: int, code: str, detail: str) -> None:

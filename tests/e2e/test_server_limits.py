@@ -213,6 +213,11 @@ def test_connections_beyond_the_limit_get_503(start: Start) -> None:
             sock.close()
     time.sleep(0.2)
     assert healthz_seconds(service) < 1.0  # served again once connections are free
+    with closing(connect(service)) as sock:
+        sock.sendall(get("/metrics"))
+        _, _, metrics = read_response(sock)
+    # The refusal never reached the app's request histogram, so it is counted on its own.
+    assert b'bridge_http_refused_total{reason="overloaded"} 1.0' in metrics
 
 
 def test_an_idle_keepalive_connection_is_closed_after_the_timeout(start: Start) -> None:
