@@ -80,7 +80,9 @@ async def json_body(request: Request, services: ServicesDep) -> bytes:
     limit = services.settings.max_body_bytes
     declared = request.headers.get("content-length")
     # Bounded before int(): a value of thousands of digits is refused, not parsed.
-    if declared and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+    if declared and declared.isascii() and declared.isdigit() and (
+        len(declared) > 18 or int(declared) > limit
+    ):
         raise _too_large(limit)
     deadline_s = services.settings.body_read_timeout_s
     body = bytearray()

@@ -126,3 +126,14 @@ async def test_a_content_length_of_thousands_of_digits_is_413(h: Harness) -> Non
     r = await h.client.post("/actions/acme", content=b"{}", headers=headers)
     assert r.status_code == 413, r.text
     assert r.json()["error"] == "body_too_large"
+
+
+async def test_a_content_length_of_non_ascii_digits_is_not_parsed(h: Harness) -> None:
+    # "²" is a digit to str.isdigit() but not to int(); the body's real size still counts.
+    headers = [
+        ("content-type", "application/json"),
+        ("authorization", f"Bearer {INGEST_TOKEN}"),
+        ("content-length", "²".encode("latin-1")),
+    ]
+    r = await h.client.post("/actions/acme", content=b"{}", headers=headers)
+    assert r.status_code < 500, r.text
