@@ -79,10 +79,7 @@ async def json_body(request: Request, services: ServicesDep) -> bytes:
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     limit = services.settings.max_body_bytes
     declared = request.headers.get("content-length")
-    # Bounded before int(): a value of thousands of digits is refused, not parsed.
-    if declared and declared.isascii() and declared.isdigit() and (
-        len(declared) > 18 or int(declared) > limit
-    ):
+    if declared and _declares_more_than(declared, limit):
         raise _too_large(limit)
     deadline_s = services.settings.body_read_timeout_s
     body = bytearray()
@@ -97,6 +94,14 @@ async def json_body(request: Request, services: ServicesDep) -> bytes:
         detail = f"the request body did not arrive within {deadline_s:g} s"
         raise ApiError(408, "request_timeout", detail, headers={"Connection": "close"}) from None
     return bytes(body)
+
+
+def _declares_more_than(content_length: str, limit: int) -> bool:
+    # Bounded before int(): thousands of digits are refused, not parsed, and only ASCII digits
+    # count ("²" is a digit to str.isdigit(), not to int()).
+    if not (content_length.isascii() and content_length.isdigit()):
+        return False
+    return len(content_length) > 18 or int(content_length) > limit
 
 
 def _too_large(limit: int) -> ApiError:
