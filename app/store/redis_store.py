@@ -16,7 +16,7 @@ from app.models import ActionsPayload, SummaryPayload
 from app.products import ProductConfig
 from app.store import keys
 from app.store.codec import StoredAction, action_digest, encode_action, in_arrival_order
-from app.store.scripts import ScriptName, load_scripts
+from app.store.scripts import LAYOUTS, ScriptCall, load_scripts
 
 NoteSource = Literal["pre", "out", "summary"]
 FailMode = Literal["retry", "dead", "gone"]
@@ -188,20 +188,20 @@ class RedisStore:
         self._redis = client
         self._scripts = load_scripts()
 
-    async def _evalsha_all(self, calls: Sequence[tuple[ScriptName, list[str], list[Any]]]) -> Any:
+    async def _evalsha_all(self, calls: Sequence[ScriptCall]) -> Any:
         pipe = self._redis.pipeline(transaction=False)
         for name, script_keys, args in calls:
             pipe.evalsha(self._scripts[name].sha, len(script_keys), *script_keys, *args)
         return await pipe.execute()
 
-    async def _evalsha(self, calls: Sequence[tuple[ScriptName, list[str], list[Any]]]) -> Any:
+    async def _evalsha(self, calls: Sequence[ScriptCall]) -> Any:
         if len(calls) == 1:  # the common case: no pipeline to build
             name, script_keys, args = calls[0]
             sha = self._scripts[name].sha
             return [await self._redis.evalsha(sha, len(script_keys), *script_keys, *args)]
         return await self._evalsha_all(calls)
 
-    async def run_many(self, calls: Sequence[tuple[ScriptName, list[str], list[Any]]]) -> list[Any]:
+    async def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run scripts in one round trip (each one atomic); loads them after a Redis restart."""
         try:
             try:
@@ -218,8 +218,8 @@ class RedisStore:
         except RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
 
-    async def run(self, name: ScriptName, script_keys: list[str], args: list[Any]) -> Any:
-        return (await self.run_many([(name, script_keys, args)]))[0]
+    async def run(self, call: ScriptCall) -> Any:
+        return (await self.run_many([call]))[0]
 
     async def _read(self, coro: Any) -> Any:
         """Await one plain Redis call, translating its failure."""
@@ -266,59 +266,68 @@ class RedisStore:
 
     def _ingest_call(
         self, product: ProductConfig, batch: ActionsPayload, now: float, replay: bytes
-    ) -> tuple[ScriptName, list[str], list[Any]]:
+    ) -> ScriptCall:
         pid, sid = product.id, batch.sid
         user_id = batch.user_id or next((a.user_id for a in batch.actions if a.user_id), None)
         email = batch.email or next((a.email for a in batch.actions if a.email), None)
         conversation = batch.conversation_id or next(
             (a.conversation_id for a in batch.actions if a.conversation_id), None
         )
-        script_keys = [
-            *keys.session_keys(pid, sid)[:4],
-            keys.DUE,
-            keys.identity_key(pid, user_id=user_id) if user_id else "",
-            keys.identity_key(pid, email=email) if email else "",
-            keys.pending_key(pid, user_id=user_id) if user_id else "",
-            keys.pending_key(pid, email=email) if email else "",
-        ]
-        args: list[Any] = [
-            _ms(now),
-            keys.due_member(pid, sid),
-            sid,
-            user_id or "",
-            (email or "").lower(),
-            conversation or "",
-            repr(product.pre_link_window_s),
-            product.max_pending_actions,
-            _ms(product.post_link_debounce_s),
-            _ms(product.post_link_max_wait_s),
-            keys.SESSION_TTL_S,
-            keys.UNLINKED_BUFFER_TTL_S,
-            keys.IDENTITY_TTL_S,
-            replay,
-        ]
+        state, pre, out, seen = keys.session_keys(pid, sid)[:4]
+        tail: list[Any] = []
         for action in batch.actions:
-            args += [action_digest(action), repr(action.started_at), encode_action(action)]
-        return "ingest", script_keys, args
+            tail += [action_digest(action), repr(action.started_at), encode_action(action)]
+        return LAYOUTS["ingest"].call(
+            keys={
+                "state": state,
+                "pre": pre,
+                "out": out,
+                "seen": seen,
+                "due": keys.DUE,
+                "id_user": keys.identity_key(pid, user_id=user_id) if user_id else "",
+                "id_email": keys.identity_key(pid, email=email) if email else "",
+                "pending_user": keys.pending_key(pid, user_id=user_id) if user_id else "",
+                "pending_email": keys.pending_key(pid, email=email) if email else "",
+            },
+            args={
+                "now_ms": _ms(now),
+                "member": keys.due_member(pid, sid),
+                "session_id": sid,
+                "user_id": user_id or "",
+                "email": (email or "").lower(),
+                "conversation_id": conversation or "",
+                "window_s": repr(product.pre_link_window_s),
+                "cap": product.max_pending_actions,
+                **self._timings(product),
+                "buffer_ttl_s": keys.UNLINKED_BUFFER_TTL_S,
+                "identity_ttl_s": keys.IDENTITY_TTL_S,
+                "replay_field": replay,
+            },
+            rest=tail,
+        )
 
     def _summary_call(
         self, product: ProductConfig, payload: SummaryPayload, now: float, replay: bytes
-    ) -> tuple[ScriptName, list[str], list[Any]]:
+    ) -> ScriptCall:
         state, pre, out, seen = keys.session_keys(product.id, payload.sid)[:4]
-        args = [_ms(now), keys.due_member(product.id, payload.sid), payload.summary]
-        return (
-            "summary",
-            [state, pre, out, keys.DUE, seen],
-            [*args, *self._timings(product), replay],
+        return LAYOUTS["summary"].call(
+            keys={"state": state, "pre": pre, "out": out, "due": keys.DUE, "seen": seen},
+            args={
+                "now_ms": _ms(now),
+                "member": keys.due_member(product.id, payload.sid),
+                "summary": payload.summary,
+                **self._timings(product),
+                "replay_field": replay,
+            },
         )
 
     @staticmethod
-    def _timings(product: ProductConfig) -> list[Any]:
-        return [
-            _ms(product.post_link_debounce_s),
-            _ms(product.post_link_max_wait_s),
-            keys.SESSION_TTL_S,
-        ]
+    def _timings(product: ProductConfig) -> dict[str, Any]:
+        return {
+            "debounce_ms": _ms(product.post_link_debounce_s),
+            "max_wait_ms": _ms(product.post_link_max_wait_s),
+            "session_ttl_s": keys.SESSION_TTL_S,
+        }
 
     # -- linking ----------------------------------------------------------------------------
 
@@ -339,20 +348,27 @@ class RedisStore:
         ``replay_field``: a redelivery or a replay is reported as a duplicate."""
         state, pre, out, seen = keys.session_keys(product.id, session_id)[:4]
         delivery = keys.webhook_dedupe_key(product.id, delivery_id) if delivery_id else ""
-        status, previous, due = await self.run(
-            "link",
-            [state, pre, out, keys.DUE, delivery, seen],
-            [
-                _ms(now),
-                keys.due_member(product.id, session_id),
-                conversation_id,
-                event.value if event else "",
-                *self._timings(product),
-                int(user_message),
-                keys.WEBHOOK_DEDUPE_TTL_S,
-                replay_field,
-            ],
+        call = LAYOUTS["link"].call(
+            keys={
+                "state": state,
+                "pre": pre,
+                "out": out,
+                "due": keys.DUE,
+                "delivery": delivery,
+                "seen": seen,
+            },
+            args={
+                "now_ms": _ms(now),
+                "member": keys.due_member(product.id, session_id),
+                "conversation_id": conversation_id,
+                "event": event.value if event else "",
+                **self._timings(product),
+                "user_message": int(user_message),
+                "dedupe_ttl_s": keys.WEBHOOK_DEDUPE_TTL_S,
+                "replay_field": replay_field,
+            },
         )
+        status, previous, due = await self.run(call)
         linked = status == b"linked"
         return LinkOutcome(
             status=status.decode(),
@@ -372,21 +388,23 @@ class RedisStore:
     ) -> Resolution:
         """The contact's latest session; when none is known, remember the conversation for the
         contact (and record the webhook's ``delivery_id`` with it)."""
-        script_keys = [
-            keys.identity_key(product_id, user_id=user_id) if user_id else "",
-            keys.identity_key(product_id, email=email) if email else "",
-            keys.pending_key(product_id, user_id=user_id) if user_id else "",
-            keys.pending_key(product_id, email=email) if email else "",
-            keys.webhook_dedupe_key(product_id, delivery_id) if delivery_id else "",
-        ]
-        args = [
-            conversation_id,
-            keys.PENDING_IDENTITY_TTL_S,
-            int(bool(user_id)),
-            int(bool(email)),
-            keys.WEBHOOK_DEDUPE_TTL_S,
-        ]
-        row = await self.run("resolve", script_keys, args)
+        call = LAYOUTS["resolve"].call(
+            keys={
+                "id_user": keys.identity_key(product_id, user_id=user_id) if user_id else "",
+                "id_email": keys.identity_key(product_id, email=email) if email else "",
+                "pending_user": keys.pending_key(product_id, user_id=user_id) if user_id else "",
+                "pending_email": keys.pending_key(product_id, email=email) if email else "",
+                "delivery": keys.webhook_dedupe_key(product_id, delivery_id) if delivery_id else "",
+            },
+            args={
+                "conversation_id": conversation_id,
+                "pending_ttl_s": keys.PENDING_IDENTITY_TTL_S,
+                "has_user": int(bool(user_id)),
+                "has_email": int(bool(email)),
+                "dedupe_ttl_s": keys.WEBHOOK_DEDUPE_TTL_S,
+            },
+        )
+        row = await self.run(call)
         return Resolution(row[0].decode(), _text(row[1]) if len(row) > 1 else None)
 
     # -- delivery ---------------------------------------------------------------------------
@@ -394,11 +412,17 @@ class RedisStore:
     async def claim_due(
         self, *, now: float, limit: int, lease_s: float, max_note_actions: int
     ) -> list[Claim]:
-        rows = await self.run(
-            "claim",
-            [keys.DUE],
-            [_ms(now), limit, _ms(lease_s), uuid.uuid4().hex + ":", max_note_actions],
+        call = LAYOUTS["claim"].call(
+            keys={"due": keys.DUE},
+            args={
+                "now_ms": _ms(now),
+                "limit": limit,
+                "lease_ms": _ms(lease_s),
+                "token_prefix": uuid.uuid4().hex + ":",
+                "max_note_actions": max_note_actions,
+            },
         )
+        rows = await self.run(call)
         return [self._claim(row) for row in rows]
 
     @staticmethod
@@ -423,21 +447,22 @@ class RedisStore:
         self, claim: Claim, product: ProductConfig, *, note_id: str | None, now: float
     ) -> AckOutcome:
         """Record a confirmed note and schedule what is left."""
-        args: list[Any] = [
-            _ms(now),
-            claim.member,
-            claim.token,
-            claim.source,
-            note_id or "",
-            _ms(product.post_link_debounce_s),
-            _ms(product.post_link_max_wait_s),
-            keys.SESSION_TTL_S,
-            keys.POSTED_NOTE_IDS_KEPT,
-            claim.summary,
-            claim.conversation_id,
-            *claim.members,
-        ]
-        result = await self.run("ack", [keys.DUE], args)
+        call = LAYOUTS["ack"].call(
+            keys={"due": keys.DUE},
+            args={
+                "now_ms": _ms(now),
+                "member": claim.member,
+                "token": claim.token,
+                "kind": claim.source,
+                "note_id": note_id or "",
+                **self._timings(product),
+                "notes_kept": keys.POSTED_NOTE_IDS_KEPT,
+                "summary": claim.summary,
+                "conversation_id": claim.conversation_id,
+            },
+            rest=claim.members,
+        )
+        result = await self.run(call)
         replaced = [PostedNote.parse(e) for e in result[1]] if len(result) > 1 else []
         return AckOutcome(bool(result[0]), replaced)
 
@@ -466,23 +491,24 @@ class RedisStore:
             },
             ensure_ascii=False,
         )
-        args: list[Any] = [
-            _ms(now),
-            claim.member,
-            claim.token,
-            claim.source,
-            mode,
-            _ms(retry_at),
-            error,
-            _ms(product.post_link_debounce_s),
-            _ms(product.post_link_max_wait_s),
-            keys.SESSION_TTL_S,
-            keys.UNLINKED_BUFFER_TTL_S,
-            entry,
-            keys.DEAD_LETTER_TTL_S,
-            *claim.members,
-        ]
-        return bool(await self.run("fail", [keys.DUE, keys.dead_letter_key(product.id)], args))
+        call = LAYOUTS["fail"].call(
+            keys={"due": keys.DUE, "dead_letters": keys.dead_letter_key(product.id)},
+            args={
+                "now_ms": _ms(now),
+                "member": claim.member,
+                "token": claim.token,
+                "kind": claim.source,
+                "mode": mode,
+                "retry_at_ms": _ms(retry_at),
+                "error": error,
+                **self._timings(product),
+                "buffer_ttl_s": keys.UNLINKED_BUFFER_TTL_S,
+                "dead_letter_entry": entry,
+                "dead_letter_ttl_s": keys.DEAD_LETTER_TTL_S,
+            },
+            rest=claim.members,
+        )
+        return bool(await self.run(call))
 
     async def next_due_at(self) -> float | None:
         head = await self._read(self._redis.zrange(keys.DUE, 0, 0, withscores=True))
@@ -490,14 +516,22 @@ class RedisStore:
 
     # -- session state ----------------------------------------------------------------------
 
-    def _fsm_args(self, product: ProductConfig, now: float) -> list[Any]:
-        return [_ms(now), repr(product.interaction_timeout_s), repr(product.cooldown_period_s)]
+    @staticmethod
+    def _fsm_args(product: ProductConfig, now: float) -> dict[str, Any]:
+        return {
+            "now_ms": _ms(now),
+            "interaction_timeout_s": repr(product.interaction_timeout_s),
+            "cooldown_period_s": repr(product.cooldown_period_s),
+        }
 
     async def session_state(
         self, product: ProductConfig, session_id: str, *, now: float
     ) -> SessionState | None:
         state_key, pre, out = keys.session_keys(product.id, session_id)[:3]
-        row = await self.run("session", [state_key, pre, out], self._fsm_args(product, now))
+        call = LAYOUTS["session"].call(
+            keys={"state": state_key, "pre": pre, "out": out}, args=self._fsm_args(product, now)
+        )
+        row = await self.run(call)
         if row is None:
             return None
         flat, pending, queued, allowed, reason = row
@@ -531,8 +565,16 @@ class RedisStore:
         """Enter proactive_assistance if allowed: (True, "ok"), (False, reason), or
         (None, "unknown_session"). A replayed request is (False, "replayed_request")."""
         state_key, _, _, seen, _ = keys.session_keys(product.id, session_id)
-        args = [*self._fsm_args(product, now), trigger_id, keys.SESSION_TTL_S, replay_field]
-        code, reason = await self.run("proactive", [state_key, seen], args)
+        call = LAYOUTS["proactive"].call(
+            keys={"state": state_key, "seen": seen},
+            args={
+                **self._fsm_args(product, now),
+                "trigger_id": trigger_id,
+                "session_ttl_s": keys.SESSION_TTL_S,
+                "replay_field": replay_field,
+            },
+        )
+        code, reason = await self.run(call)
         return (None if int(code) == -1 else int(code) == 1), reason.decode()
 
     # -- operations -------------------------------------------------------------------------
@@ -558,22 +600,24 @@ class RedisStore:
         results = await self.run_many(calls) if calls else []
         return sum(int(r) for r in results)
 
-    def _requeue_call(
-        self, product: ProductConfig, entry: bytes, now: float
-    ) -> tuple[ScriptName, list[str], list[Any]]:
+    def _requeue_call(self, product: ProductConfig, entry: bytes, now: float) -> ScriptCall:
         letter = json.loads(entry)
-        args: list[Any] = [
-            _ms(now),
-            keys.due_member(product.id, letter["session_id"]),
-            entry,
-            letter.get("summary") or "",
-            *self._timings(product),
-            keys.UNLINKED_BUFFER_TTL_S,
-        ]
+        tail: list[Any] = []
         for action in letter.get("actions", []):
             payload = json.dumps(action, ensure_ascii=False, separators=(",", ":"))
-            args += [repr(float(action["timestamp_start"])), payload]
-        return "requeue", [keys.dead_letter_key(product.id), keys.DUE], args
+            tail += [repr(float(action["timestamp_start"])), payload]
+        return LAYOUTS["requeue"].call(
+            keys={"dead_letters": keys.dead_letter_key(product.id), "due": keys.DUE},
+            args={
+                "now_ms": _ms(now),
+                "member": keys.due_member(product.id, letter["session_id"]),
+                "entry": entry,
+                "summary": letter.get("summary") or "",
+                **self._timings(product),
+                "buffer_ttl_s": keys.UNLINKED_BUFFER_TTL_S,
+            },
+            rest=tail,
+        )
 
     async def session_view(self, product_id: str, session_id: str) -> dict[str, Any] | None:
         """Everything the store holds for one session (for operators)."""

@@ -1,11 +1,21 @@
-"""The Lua scripts, each with the shared prelude, registered by SHA."""
+"""The Lua scripts, each with the shared prelude, registered by SHA.
+
+Each script's ``KEYS``/``ARGV`` layout is declared once, in :data:`LAYOUTS`. The loader turns a
+layout into a Lua header (``local K = {state = KEYS[1], ...}``, ``local A = {now_ms = ARGV[1],
+...}`` and, for a variable-length tail, ``local REST = <its first ARGV index>``) placed between
+``_common.lua`` and the script body, and :meth:`ScriptLayout.call` builds every call from named
+values. The bodies read ``K.<name>`` and ``A.<name>`` (and a tail as ``ARGV[i]`` for ``i`` from
+``REST``), never a numbered position, so the two sides cannot disagree on an offset.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 ScriptName = Literal[
     "ingest",
@@ -21,6 +31,188 @@ ScriptName = Literal[
 ]
 SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
 
+_LUA_KEYWORDS = frozenset(
+    {
+        "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if",
+        "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+    }
+)  # fmt: skip
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+class ScriptCall(NamedTuple):
+    """One script invocation, as :meth:`ScriptLayout.call` builds it."""
+
+    name: ScriptName
+    keys: list[str]
+    args: list[Any]
+
+
+def _check_names(script: ScriptName, kind: str, names: tuple[str, ...]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if not _IDENTIFIER.fullmatch(name) or name in _LUA_KEYWORDS:
+            raise ValueError(f"{script}: {kind} name {name!r} is not a plain Lua identifier")
+        if name in seen:
+            raise ValueError(f"{script}: {kind} name {name!r} is declared twice")
+        seen.add(name)
+
+
+def _ordered(
+    script: ScriptName, kind: str, declared: tuple[str, ...], given: Mapping[str, Any]
+) -> list[Any]:
+    """The given values in declared order; a missing or unknown name is an error."""
+    missing = [name for name in declared if name not in given]
+    if missing:
+        raise ValueError(f"{script}: missing {kind} {', '.join(map(repr, missing))}")
+    unknown = [name for name in given if name not in declared]
+    if unknown:
+        raise ValueError(f"{script}: unknown {kind} {', '.join(map(repr, unknown))}")
+    return [given[name] for name in declared]
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptLayout:
+    """A script's contract: its ``KEYS`` and ``ARGV`` names in order, and ``rest``, the name
+    of a variable-length ``ARGV`` tail (read in Lua from index ``REST`` to ``#ARGV``)."""
+
+    name: ScriptName
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    rest: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_names(self.name, "key", self.keys)
+        _check_names(self.name, "arg", self.args)
+
+    @property
+    def rest_index(self) -> int | None:
+        """The 1-based ``ARGV`` index where the tail starts (``REST`` in Lua)."""
+        return None if self.rest is None else len(self.args) + 1
+
+    def header(self) -> str:
+        """The Lua lines that name this layout's ``KEYS`` and ``ARGV`` for the script body."""
+        fields = ", ".join(f"{name} = KEYS[{i}]" for i, name in enumerate(self.keys, 1))
+        values = ", ".join(f"{name} = ARGV[{i}]" for i, name in enumerate(self.args, 1))
+        lines = [
+            f"-- Generated from LAYOUTS[{self.name!r}] in app/store/scripts.py.",
+            f"local K = {{{fields}}}",
+            f"local A = {{{values}}}",
+        ]
+        if self.rest_index is not None:
+            lines.append(f"local REST = {self.rest_index}  -- {self.rest}: ARGV[REST..#ARGV]")
+        return "\n".join(lines) + "\n"
+
+    def call(
+        self,
+        *,
+        keys: Mapping[str, str],
+        args: Mapping[str, Any],
+        rest: Sequence[Any] | None = None,
+    ) -> ScriptCall:
+        """Order named keys and args as declared. A missing or unknown name, a tail given to a
+        layout without one, or a declared tail left out raises :class:`ValueError`."""
+        key_list = _ordered(self.name, "key", self.keys, keys)
+        arg_list = _ordered(self.name, "arg", self.args, args)
+        if self.rest is None:
+            if rest is not None:
+                raise ValueError(f"{self.name}: takes no variable-length tail")
+        elif rest is None:
+            raise ValueError(f"{self.name}: missing tail {self.rest!r}")
+        else:
+            arg_list.extend(rest)
+        return ScriptCall(self.name, key_list, arg_list)
+
+
+# Every script's layout, in one place: the loader generates each Lua header from it and
+# RedisStore builds each call with it, so both sides read the same declaration.
+LAYOUTS: Mapping[ScriptName, ScriptLayout] = {
+    layout.name: layout
+    for layout in (
+        ScriptLayout(
+            "ingest",
+            keys=(
+                "state", "pre", "out", "seen", "due",
+                "id_user", "id_email", "pending_user", "pending_email",
+            ),
+            args=(
+                "now_ms", "member", "session_id", "user_id", "email", "conversation_id",
+                "window_s", "cap", "debounce_ms", "max_wait_ms", "session_ttl_s",
+                "buffer_ttl_s", "identity_ttl_s", "replay_field",
+            ),
+            rest="actions",  # (digest, score, payload) per action
+        ),
+        ScriptLayout(
+            "link",
+            keys=("state", "pre", "out", "due", "delivery", "seen"),
+            args=(
+                "now_ms", "member", "conversation_id", "event", "debounce_ms", "max_wait_ms",
+                "session_ttl_s", "user_message", "dedupe_ttl_s", "replay_field",
+            ),
+        ),
+        ScriptLayout(
+            "resolve",
+            keys=("id_user", "id_email", "pending_user", "pending_email", "delivery"),
+            args=("conversation_id", "pending_ttl_s", "has_user", "has_email", "dedupe_ttl_s"),
+        ),
+        ScriptLayout(
+            "claim",
+            keys=("due",),
+            args=("now_ms", "limit", "lease_ms", "token_prefix", "max_note_actions"),
+        ),
+        ScriptLayout(
+            "ack",
+            keys=("due",),
+            args=(
+                "now_ms", "member", "token", "kind", "note_id", "debounce_ms", "max_wait_ms",
+                "session_ttl_s", "notes_kept", "summary", "conversation_id",
+            ),
+            rest="members",  # the note's action members
+        ),
+        ScriptLayout(
+            "fail",
+            keys=("due", "dead_letters"),
+            args=(
+                "now_ms", "member", "token", "kind", "mode", "retry_at_ms", "error",
+                "debounce_ms", "max_wait_ms", "session_ttl_s", "buffer_ttl_s",
+                "dead_letter_entry", "dead_letter_ttl_s",
+            ),
+            rest="members",  # the note's action members
+        ),
+        ScriptLayout(
+            "summary",
+            keys=("state", "pre", "out", "due", "seen"),
+            args=(
+                "now_ms", "member", "summary", "debounce_ms", "max_wait_ms", "session_ttl_s",
+                "replay_field",
+            ),
+        ),
+        ScriptLayout(
+            "requeue",
+            keys=("dead_letters", "due"),
+            args=(
+                "now_ms", "member", "entry", "summary", "debounce_ms", "max_wait_ms",
+                "session_ttl_s", "buffer_ttl_s",
+            ),
+            rest="actions",  # (score, payload) per action
+        ),
+        ScriptLayout(
+            "session",
+            keys=("state", "pre", "out"),
+            args=("now_ms", "interaction_timeout_s", "cooldown_period_s"),
+        ),
+        ScriptLayout(
+            "proactive",
+            keys=("state", "seen"),
+            args=(
+                "now_ms", "interaction_timeout_s", "cooldown_period_s", "trigger_id",
+                "session_ttl_s", "replay_field",
+            ),
+        ),
+    )
+}  # fmt: skip
+assert tuple(LAYOUTS) == SCRIPT_NAMES, "one layout per script, in SCRIPT_NAMES order"
+
 
 @dataclass(frozen=True, slots=True)
 class Script:
@@ -33,10 +225,18 @@ def _script(name: ScriptName, source: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
 
 
+def _lua(filename: str) -> str:
+    return (resources.files("app.store") / "lua" / filename).read_text(encoding="utf-8")
+
+
+def script_body(name: ScriptName) -> str:
+    """A script's own source (``lua/<name>.lua``), without the prelude or the header."""
+    return _lua(f"{name}.lua")
+
+
 def load_scripts() -> dict[ScriptName, Script]:
-    folder = resources.files("app.store") / "lua"
-    prelude = (folder / "_common.lua").read_text(encoding="utf-8")
+    prelude = _lua("_common.lua")
     return {
-        name: _script(name, prelude + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8"))
+        name: _script(name, f"{prelude}\n{LAYOUTS[name].header()}{script_body(name)}")
         for name in SCRIPT_NAMES
     }

@@ -1,23 +1,22 @@
 -- The platform confirmed a note: remove exactly what it carried and schedule what is left.
 -- A confirmed summary replaces the session's earlier action notes: their ids are returned
 -- (and forgotten) for the caller to redact.
--- KEYS: due    ARGV: now_ms member token kind note_id debounce_ms max_wait_ms session_ttl_s
---                    notes_kept summary conversation_id, then the note's action members
+-- KEYS and ARGV: K.<name>, A.<name> and REST, declared in LAYOUTS (app/store/scripts.py).
 -- Posted notes are kept as "<a|s>\31<conversation>\31<note id>" (a: actions, s: summary).
-local due_key = KEYS[1]
-local now, member, token, kind = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local note_id, debounce, max_wait = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local session_ttl, notes_kept = ARGV[8], tonumber(ARGV[9])
+local due_key = K.due
+local now, member, token, kind = tonumber(A.now_ms), A.member, A.token, A.kind
+local note_id, debounce, max_wait = A.note_id, tonumber(A.debounce_ms), tonumber(A.max_wait_ms)
+local session_ttl, notes_kept = A.session_ttl_s, tonumber(A.notes_kept)
 local st, pre, out, prefix = session_keys(member)
 -- Another process took the session over after our lease ran out: it owns the work now.
 if redis.call('HGET', st, 'lease') ~= token then return {0} end
 end_flight(st, false)
 if kind == 'pre' then
-  zrem_from(pre, ARGV, 12)
+  zrem_from(pre, ARGV, REST)
   if redis.call('ZCARD', pre) == 0 then redis.call('HDEL', st, 'flush') end
 elseif kind == 'out' then
-  zrem_from(out, ARGV, 12)
-elseif redis.call('HGET', st, 'summary') == ARGV[10] then
+  zrem_from(out, ARGV, REST)
+elseif redis.call('HGET', st, 'summary') == A.summary then
   redis.call('HDEL', st, 'summary')
 end
 forget_delivery(st)
@@ -34,7 +33,7 @@ end
 if note_id ~= '' then
   local tag = 'a'
   if kind == 'summary' then tag = 's' end
-  redis.call('RPUSH', notes, tag .. '\31' .. ARGV[11] .. '\31' .. note_id)
+  redis.call('RPUSH', notes, tag .. '\31' .. A.conversation_id .. '\31' .. note_id)
   redis.call('LTRIM', notes, -notes_kept, -1)
   redis.call('EXPIRE', notes, session_ttl)
 end

@@ -1,10 +1,10 @@
 -- Claim due sessions under a lease and hand out what their next note holds.
 -- A retried note is the same note: same delivery id, same kind, same actions (those queued up to
 -- its first try); actions queued since then wait for the next note.
--- KEYS: due    ARGV: now_ms limit lease_ms token_prefix max_note_actions
-local due_key = KEYS[1]
-local now, limit, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local token_prefix, max_actions = ARGV[4], tonumber(ARGV[5])
+-- KEYS and ARGV: K.<name>, A.<name> and REST, declared in LAYOUTS (app/store/scripts.py).
+local due_key = K.due
+local now, limit, lease_ms = tonumber(A.now_ms), tonumber(A.limit), tonumber(A.lease_ms)
+local token_prefix, max_actions = A.token_prefix, tonumber(A.max_note_actions)
 
 -- The actions of a note: the earliest (by time) of those queued up to `pin`.
 local function pinned(key, pin)

@@ -1,22 +1,19 @@
 -- Store one session's batch: dedupe, identity index, late link, pre-link window or outbox.
--- KEYS: state pre out seen due id_user id_email pending_user pending_email
--- ARGV: now_ms member session_id user_id email conversation_id window_s cap debounce_ms
---       max_wait_ms session_ttl_s buffer_ttl_s identity_ttl_s replay_field,
---       then (hash score payload)*
-local st, pre, out, seen, due_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now, member, sid = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local uid, email, target = ARGV[4], ARGV[5], ARGV[6]
-local window, cap = tonumber(ARGV[7]), tonumber(ARGV[8])
-local debounce, max_wait = tonumber(ARGV[9]), tonumber(ARGV[10])
-local session_ttl, buffer_ttl, identity_ttl = ARGV[11], ARGV[12], ARGV[13]
+-- KEYS and ARGV: K.<name>, A.<name> and REST, declared in LAYOUTS (app/store/scripts.py).
+-- The tail (from REST): (digest score payload) per action.
+local st, pre, out, seen, due_key = K.state, K.pre, K.out, K.seen, K.due
+local now, member, sid = tonumber(A.now_ms), A.member, A.session_id
+local uid, email, target = A.user_id, A.email, A.conversation_id
+local window, cap = tonumber(A.window_s), tonumber(A.cap)
+local debounce, max_wait = tonumber(A.debounce_ms), tonumber(A.max_wait_ms)
+local session_ttl, buffer_ttl, identity_ttl = A.session_ttl_s, A.buffer_ttl_s, A.identity_ttl_s
 
-local first_action = 15
-if replayed(seen, ARGV[14], session_ttl) then
-  return {0, (#ARGV - first_action + 1) / 3, redis.call('HGET', st, 'conv') or '', 'replay', 0, 0, -1}
+if replayed(seen, A.replay_field, session_ttl) then
+  return {0, (#ARGV - REST + 1) / 3, redis.call('HGET', st, 'conv') or '', 'replay', 0, 0, -1}
 end
 
 local fresh, duplicates = {}, 0
-for i = first_action, #ARGV, 3 do
+for i = REST, #ARGV, 3 do
   -- A hash, not a set: small hashes are listpack-encoded, so an idle session stays small.
   if redis.call('HSETNX', seen, ARGV[i], '') == 1 then
     fresh[#fresh + 1] = i
@@ -27,11 +24,11 @@ end
 redis.call('EXPIRE', seen, session_ttl)
 
 if uid ~= '' then
-  redis.call('SET', KEYS[6], sid, 'EX', identity_ttl)
+  redis.call('SET', K.id_user, sid, 'EX', identity_ttl)
   redis.call('HSET', st, 'uid', uid)
 end
 if email ~= '' then
-  redis.call('SET', KEYS[7], sid, 'EX', identity_ttl)
+  redis.call('SET', K.id_email, sid, 'EX', identity_ttl)
   redis.call('HSET', st, 'email', email)
 end
 
@@ -40,11 +37,11 @@ end
 local conv = redis.call('HGET', st, 'conv')
 local event = ''
 if not conv then
-  if target == '' and uid ~= '' then target = redis.call('GET', KEYS[8]) or '' end
-  if target == '' and email ~= '' then target = redis.call('GET', KEYS[9]) or '' end
+  if target == '' and uid ~= '' then target = redis.call('GET', K.pending_user) or '' end
+  if target == '' and email ~= '' then target = redis.call('GET', K.pending_email) or '' end
   if target ~= '' then
-    if uid ~= '' then redis.call('DEL', KEYS[8]) end
-    if email ~= '' then redis.call('DEL', KEYS[9]) end
+    if uid ~= '' then redis.call('DEL', K.pending_user) end
+    if email ~= '' then redis.call('DEL', K.pending_email) end
     redis.call('HSET', st, 'conv', target, 'linked_at', fmt(now))
     conv, event = target, 'new'
   end

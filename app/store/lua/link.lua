@@ -3,21 +3,20 @@
 -- A webhook's delivery id is recorded here, with the link it causes, so a redelivery is
 -- either applied or reported as a duplicate, never lost between the two.
 -- A replayed /sessions/link request (its field in the session's seen hash) changes nothing.
--- KEYS: state pre out due delivery seen
--- ARGV: now_ms member conversation_id event debounce_ms max_wait_ms session_ttl_s user_message
---       dedupe_ttl_s replay_field
-local st, pre, out, due_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, member, conv, event = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local debounce, max_wait, session_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+-- KEYS and ARGV: K.<name>, A.<name> and REST, declared in LAYOUTS (app/store/scripts.py).
+local st, pre, out, due_key = K.state, K.pre, K.out, K.due
+local now, member, conv, event = tonumber(A.now_ms), A.member, A.conversation_id, A.event
+local debounce, max_wait = tonumber(A.debounce_ms), tonumber(A.max_wait_ms)
+local session_ttl = A.session_ttl_s
 
-if KEYS[5] ~= '' and not redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[9]) then
+if K.delivery ~= '' and not redis.call('SET', K.delivery, '1', 'NX', 'EX', A.dedupe_ttl_s) then
   return {'duplicate', '', -1}
 end
-if replayed(KEYS[6], ARGV[10], session_ttl) then
+if replayed(K.seen, A.replay_field, session_ttl) then
   return {'duplicate', redis.call('HGET', st, 'conv') or '', -1}
 end
 
-if ARGV[8] == '1' then
+if A.user_message == '1' then
   redis.call('HSET', st, 'fsm', 'reactive_assistance', 'last_interaction_at', fmt(now / 1000))
   touch(st, now, session_ttl)
 end
