@@ -38,7 +38,11 @@ run: install
 check-config: install
 	BRIDGE_PRODUCTS_FILE=$${BRIDGE_PRODUCTS_FILE:-$(PRODUCTS_FILE)} $(PY) -m app check-config
 
+# redis-server for the store tests (standalone and cluster), promtool for the alert rules.
+TEST_TOOLS := redis-server:redis-server redis-cli:redis-tools promtool:prometheus
+
 test: install
+	scripts/ensure-tools $(TEST_TOOLS)
 	$(PY) -m pytest
 
 lint: install
@@ -52,9 +56,11 @@ format: install
 	$(VENV)/bin/ruff check --fix app tests bench
 
 chaos: install
+	scripts/ensure-tools redis-server:redis-server
 	$(PY) bench/chaos.py
 
 bench: install
+	scripts/ensure-tools redis-server:redis-server wrk:wrk
 	$(PY) bench/bench.py
 
 clean:
