@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import redis
+
+from tests.conftest import HTTP_SECRET
+from tests.fakes.bot import FakeBot, running_bot
 
 
 @pytest.fixture
@@ -14,3 +19,10 @@ def clean_redis(redis_url: str) -> str:
     finally:
         client.close()
     return redis_url
+
+
+@pytest.fixture
+def bot() -> Iterator[FakeBot]:
+    """A fake self-hosted bot on loopback that verifies and records every note."""
+    with running_bot(HTTP_SECRET) as fake:
+        yield fake

@@ -22,7 +22,7 @@ from tests.conftest import (
     batch,
 )
 from tests.e2e.service import Bridge, bridge
-from tests.fakes.bot import Attempt, FakeBot, running_bot
+from tests.fakes.bot import Attempt, FakeBot
 from tests.harness import signed_webhook
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,12 +63,6 @@ def write_products(path: Path, bot_url: str) -> Path:
     )
     path.write_text(text)
     return path
-
-
-@pytest.fixture
-def bot() -> Iterator[FakeBot]:
-    with running_bot(HTTP_SECRET) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import HTTP_SECRET, WEBHOOK_SECRET, batch, free_port, start_redis_server
 from tests.e2e.service import bridge
-from tests.fakes.bot import FakeBot, running_bot
+from tests.fakes.bot import FakeBot
 
 T0 = 1_705_322_090.0
 
@@ -26,12 +26,6 @@ url = "{url}"
 signing_secret = "{signing}"
 webhook_secret = "{webhook}"
 """
-
-
-@pytest.fixture
-def bot() -> Iterator[FakeBot]:
-    with running_bot(HTTP_SECRET) as fake:
-        yield fake
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import HTTP_SECRET, INGEST_TOKEN, WEBHOOK_SECRET
 from tests.e2e.service import Bridge, bridge
-from tests.fakes.bot import Attempt, FakeBot, running_bot
+from tests.fakes.bot import Attempt, FakeBot
 
 PRODUCT = "duo"
 SESSIONS = 40
@@ -150,12 +150,6 @@ def assert_session_order(plan: SessionPlan, notes: list[Attempt]) -> None:
     times = [timestamp(d) for d in after]
     assert times == sorted(times), f"{plan.session_id}: post-link notes out of order: {after}"
     assert all(n.payload["conversation_id"] == plan.conversation_id for n in notes)
-
-
-@pytest.fixture
-def bot() -> Iterator[FakeBot]:
-    with running_bot(HTTP_SECRET) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from autoplay_sdk.core.models import ActionsPayload, SlimAction
 from app.security import decode_whsec, standard_webhook_headers
 from tests.conftest import HTTP_SECRET, INGEST_TOKEN, WEBHOOK_SECRET, batch
 from tests.e2e.service import Bridge, bridge
-from tests.fakes.bot import FakeBot, running_bot
+from tests.fakes.bot import FakeBot
 
 T0 = 1_705_322_090.0  # 2024-01-15 12:34:50 UTC
 QUIET_S = 0.6  # long enough for a note that should not exist to show up
@@ -32,12 +32,6 @@ url = "{url}"
 signing_secret = "{signing}"
 webhook_secret = "{webhook}"
 """
-
-
-@pytest.fixture
-def bot() -> Iterator[FakeBot]:
-    with running_bot(HTTP_SECRET) as fake:
-        yield fake
 
 
 @pytest.fixture

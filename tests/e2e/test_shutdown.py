@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import HTTP_SECRET, WEBHOOK_SECRET, batch
 from tests.e2e.service import STOP_TIMEOUT_S, Bridge, bridge
-from tests.fakes.bot import FakeBot, running_bot
+from tests.fakes.bot import FakeBot
 
 T0 = 1_705_322_090.0
 
@@ -27,12 +26,6 @@ url = "{url}"
 signing_secret = "{signing}"
 webhook_secret = "{webhook}"
 """
-
-
-@pytest.fixture
-def bot() -> Iterator[FakeBot]:
-    with running_bot(HTTP_SECRET) as fake:
-        yield fake
 
 
 def products_file(path: Path, bot: FakeBot, *, debounce: float) -> Path:
