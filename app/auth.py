@@ -22,19 +22,20 @@ class Credential:
     kind: CredentialKind
     webhook_id: str | None = None
 
-    def replay_key(self, product_id: str, body: bytes) -> bytes:
-        """The identity of this request for replay protection: a Standard Webhooks id is
-        unique per message (and signed); otherwise the same body under the same kind of
-        credential is the same request."""
+    def replay_fields(self, product_id: str, body: bytes, count: int = 1) -> list[bytes]:
+        """The store's records of a request's ``count`` payloads, for replay protection.
+
+        A request is identified by its Standard Webhooks id (unique per message, and signed),
+        otherwise by the same body under the same kind of credential; each payload of it gets
+        its own record (a request may hold several)."""
         digest = hashlib.blake2b(digest_size=16, person=b"cb-request")
         digest.update(f"{product_id}\x1f{self.kind}\x1f".encode())
         digest.update(self.webhook_id.encode() if self.webhook_id is not None else body)
-        return digest.digest()
-
-
-def replay_field(replay_key: bytes, index: int) -> bytes:
-    """The store's record of payload ``index`` of a request (a request may hold several)."""
-    return hashlib.blake2b(replay_key + index.to_bytes(4, "big"), digest_size=12).digest()
+        request_key = digest.digest()
+        return [
+            hashlib.blake2b(request_key + i.to_bytes(4, "big"), digest_size=12).digest()
+            for i in range(count)
+        ]
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -45,9 +46,14 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token
 
 
-def is_admin(headers: Mapping[str, str], admin_token: str | None) -> bool:
+def _bearer_is(headers: Mapping[str, str], expected: str | None) -> bool:
+    """The request carries ``Authorization: Bearer <expected>`` (never true when unset)."""
     token = bearer_token(headers)
-    return bool(admin_token and token and equals(token, admin_token))
+    return bool(expected and token and equals(token, expected))
+
+
+def is_admin(headers: Mapping[str, str], admin_token: str | None) -> bool:
+    return _bearer_is(headers, admin_token)
 
 
 def _signed_credential(
@@ -76,8 +82,7 @@ def ingest_credential(
 ) -> Credential | None:
     """The product's ingest credential the request carries: a bearer token, an
     ``X-Connector-Signature`` or Standard Webhooks signature over the body; None otherwise."""
-    token = bearer_token(headers)
-    if product.ingest_token and token and equals(token, product.ingest_token):
+    if _bearer_is(headers, product.ingest_token):
         return Credential("token")
     credential = _signed_credential(product, headers, body, now)
     if credential is None and product.allow_unauthenticated:
@@ -90,7 +95,8 @@ def read_allowed(
 ) -> bool:
     """Reads need a bearer token (the ingest token or the admin token): a body signature is
     not a standing credential (the signature of an empty body never changes)."""
-    if product.allow_unauthenticated or is_admin(headers, admin_token):
-        return True
-    token = bearer_token(headers)
-    return bool(product.ingest_token and token and equals(token, product.ingest_token))
+    return (
+        product.allow_unauthenticated
+        or _bearer_is(headers, admin_token)
+        or _bearer_is(headers, product.ingest_token)
+    )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from app import metrics, openapi
 from app.api.deps import JsonBody, ProductDep, ServicesDep
 from app.api.errors import ApiError
-from app.auth import ingest_credential, replay_field
+from app.auth import ingest_credential
 from app.models import (
     MAX_PAYLOADS_PER_REQUEST,
     ActionsPayload,
@@ -133,12 +133,11 @@ async def ingest_actions(
     payloads = _parse(product, body, intake)
     if len(payloads) == 1:
         structlog.contextvars.bind_contextvars(session_id=payloads[0].sid)
-    replay_key = credential.replay_key(product.id, body)
     outcomes = await services.store.ingest(
         product,
         payloads,
         now=now,
-        replay_fields=[replay_field(replay_key, i) for i in range(len(payloads))],
+        replay_fields=credential.replay_fields(product.id, body, len(payloads)),
     )
     _count_intake(intake)
     _count(product, outcomes)

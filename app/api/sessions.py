@@ -17,7 +17,7 @@ from app.api.deps import (
     lookup_product,
 )
 from app.api.errors import ApiError
-from app.auth import Credential, ingest_credential, is_admin, read_allowed, replay_field
+from app.auth import Credential, ingest_credential, is_admin, read_allowed
 from app.domain import LinkEvent
 from app.linking import link_session
 from app.models import (
@@ -76,7 +76,7 @@ async def link(body: JsonBody, request: Request, services: ServicesDep) -> Webho
         conversation_id=link_request.conversation_id,
         event=LinkEvent(link_request.event) if link_request.event else None,
         now=services.clock.now(),
-        replay_field=replay_field(credential.replay_key(product.id, body), 0),
+        replay_field=credential.replay_fields(product.id, body)[0],
     )
     if result.status == "duplicate":
         metrics.REQUESTS_REPLAYED.labels(product.id, "link").inc()
@@ -180,7 +180,7 @@ async def start_proactive(
         session_id,
         trigger_id=trigger.trigger_id,
         now=now,
-        replay_field=replay_field(credential.replay_key(product.id, body), 0),
+        replay_field=credential.replay_fields(product.id, body)[0],
     )
     if allowed is None:
         raise ApiError(404, "unknown_session", f"no session {session_id!r} for {product.id!r}")
