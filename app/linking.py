@@ -9,7 +9,7 @@ import structlog
 
 from app.domain import LinkEvent, WebhookEvent
 from app.products import ProductConfig
-from app.store.redis_store import RedisStore
+from app.store.redis_store import LinkOutcome, RedisStore
 
 log = structlog.get_logger(__name__)
 
@@ -22,6 +22,7 @@ class LinkResult:
     session_id: str | None
     conversation_id: str | None
     due_at: float | None = None
+    shard: int | None = None  # the due queue the session is in (for the worker's notice)
 
 
 async def link_session(
@@ -46,6 +47,16 @@ async def link_session(
         delivery_id=delivery_id,
         replay_field=replay_field,
     )
+    return _result(product, session_id, conversation_id, event, outcome)
+
+
+def _result(
+    product: ProductConfig,
+    session_id: str,
+    conversation_id: str,
+    event: LinkEvent | None,
+    outcome: LinkOutcome,
+) -> LinkResult:
     if outcome.status != "linked":
         return LinkResult(outcome.status, session_id, outcome.conversation_id)
     log.info(
@@ -56,7 +67,7 @@ async def link_session(
         link_event=event.value if event else "inferred",
         relinked=outcome.previous_conversation_id is not None,
     )
-    return LinkResult("linked", session_id, conversation_id, outcome.due_at)
+    return LinkResult("linked", session_id, conversation_id, outcome.due_at, outcome.shard)
 
 
 async def link_from_webhook(
@@ -68,30 +79,31 @@ async def link_from_webhook(
     conversation_id = event.conversation_id
     if event.event is None or not conversation_id:
         return LinkResult("ignored", event.session_id, conversation_id)
-    session_id = event.session_id
-    if session_id is None:
-        if not (event.user_id or event.email):
-            return LinkResult("ignored", None, conversation_id)
-        found = await store.resolve_session(
-            product.id,
-            user_id=event.user_id,
-            email=event.email,
+    if event.session_id is not None:
+        return await link_session(
+            store,
+            product,
+            session_id=event.session_id,
             conversation_id=conversation_id,
+            event=event.event,
+            now=now,
+            user_message=True,
             delivery_id=event.delivery_id,
         )
-        if found.status == "duplicate":
-            return LinkResult("duplicate", None, conversation_id)
-        if found.session_id is None:
-            log.info("link_pending_identity", conversation_id=conversation_id)
-            return LinkResult("pending_identity", None, conversation_id)
-        session_id = found.session_id
-    return await link_session(
-        store,
+    if not (event.user_id or event.email):
+        return LinkResult("ignored", None, conversation_id)
+    found = await store.link_contact(
         product,
-        session_id=session_id,
+        user_id=event.user_id,
+        email=event.email,
         conversation_id=conversation_id,
         event=event.event,
         now=now,
-        user_message=True,
         delivery_id=event.delivery_id,
     )
+    if found.status == "duplicate":
+        return LinkResult("duplicate", None, conversation_id)
+    if found.session_id is None or found.link is None:
+        log.info("link_pending_identity", conversation_id=conversation_id)
+        return LinkResult("pending_identity", None, conversation_id)
+    return _result(product, found.session_id, conversation_id, event.event, found.link)

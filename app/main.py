@@ -29,7 +29,7 @@ from app.platforms import build_platform
 from app.platforms.base import CALL_TIMEOUT_S, CONNECT_TIMEOUT_S
 from app.products import ProductConfig, ProductsFileError, load_products
 from app.settings import Settings, get_settings
-from app.store.redis_store import RedisStore
+from app.store.redis_store import Client, RedisStore
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def _redis_client(settings: Settings) -> redis.Redis:
+def _redis_client(settings: Settings) -> Client:
     if settings.redis_url is None:
         # Imported lazily: the embedded store is for demos and dry runs only, and the container
         # image does not install it.
@@ -68,12 +68,24 @@ def _redis_client(settings: Settings) -> redis.Redis:
         return client
     # Redis runs next to the bridge: fail fast (one quick retry) so a request answers 503
     # within a platform's webhook deadline instead of hanging on a dead server.
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1)
+    if settings.redis_cluster:
+        # The cluster client learns every node from the one in the URL, follows MOVED/ASK
+        # itself and re-reads the slot map after a failover; few retries keep a request
+        # within a webhook deadline while a slot has no primary (the API answers 503).
+        cluster: redis.RedisCluster = redis.RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=3,
+            socket_connect_timeout=2,
+            retry=retry,
+        )
+        return cluster
     return redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=3,
         socket_connect_timeout=2,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+        retry=retry,
     )
 
 
@@ -87,9 +99,13 @@ def _http_client() -> httpx.AsyncClient:
 
 
 async def _build_services(
-    settings: Settings, products: dict[str, ProductConfig], clock: Clock, client: redis.Redis
+    settings: Settings, products: dict[str, ProductConfig], clock: Clock, client: Client
 ) -> Services:
-    store = RedisStore(client)
+    store = RedisStore(
+        client,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_s=settings.redis_wait_timeout_s,
+    )
     with contextlib.suppress(Exception):
         await store.load_scripts()  # scripts also load on first use, so a down Redis can wait
     http = _http_client()
@@ -111,7 +127,7 @@ def create_app(
     *,
     products: Mapping[str, ProductConfig] | None = None,
     clock: Clock | None = None,
-    redis_client: redis.Redis | None = None,
+    redis_client: Client | None = None,
     run_worker: bool = True,
     configure_logs: bool = True,
 ) -> FastAPI:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_ADMIN_TOKEN_CHARS = 16
@@ -32,6 +32,11 @@ class Settings(BaseSettings):
 
     products_file: Path = Path("config/products.toml")
     redis_url: str | None = None
+    # A Redis Cluster: BRIDGE_REDIS_URL names any of its nodes (docs/operations.md).
+    redis_cluster: bool = False
+    # Acknowledge a write only once this many replicas hold it (Redis WAIT), within the timeout.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_s: float = Field(default=1.0, gt=0, le=10.0)
     admin_token: str | None = None
     log_format: Literal["json", "console"] = "json"
     log_level: LogLevel = "INFO"
@@ -59,6 +64,15 @@ class Settings(BaseSettings):
         if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
             raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters long")
         return token
+
+    @model_validator(mode="after")
+    def _redis_options_need_a_redis(self) -> Settings:
+        if self.redis_url is None:
+            if self.redis_cluster:
+                raise ValueError("BRIDGE_REDIS_CLUSTER needs BRIDGE_REDIS_URL (any cluster node)")
+            if self.redis_wait_replicas:
+                raise ValueError("BRIDGE_REDIS_WAIT_REPLICAS needs BRIDGE_REDIS_URL")
+        return self
 
 
 def settings_problems(exc: ValidationError) -> list[str]:

@@ -492,7 +492,7 @@ def run_faults(
 
 def due_count(r: RedisProcess) -> int | None:
     try:
-        return int(r.client.zcard(keys.DUE))
+        return sum(int(r.client.zcard(keys.due_key(k))) for k in range(keys.SHARDS))
     except redis.RedisError:
         return None
 
@@ -515,7 +515,7 @@ def wait_for_drain(chaos: Chaos) -> bool:
 
 
 def dead_lettered(r: RedisProcess) -> set[str]:
-    entries = r.client.lrange(keys.dead_letter_key(PRODUCT), 0, -1)
+    entries = r.client.zrange(keys.dead_letter_key(PRODUCT), 0, -1)
     return {str(a["description"]) for e in entries for a in json.loads(e).get("actions", [])}
 
 
@@ -578,7 +578,7 @@ def unlinked_sessions(chaos: Chaos, ledger: Ledger) -> list[str]:
     return sorted(
         sid
         for sid in sessions
-        if not chaos.redis.client.hexists(keys.session_keys(PRODUCT, sid)[0], "conv")
+        if not chaos.redis.client.hexists(keys.session_keys(PRODUCT, sid).state, "conversation")
     )
 
 
@@ -629,9 +629,10 @@ def account(chaos: Chaos, ledger: Ledger) -> dict[str, Any]:
 def explain_lost(chaos: Chaos, ledger: Ledger, lost: list[str]) -> None:
     """Where the first few lost actions' sessions stand in Redis, for a root-cause hunt."""
     for sid in sorted({ledger.accepted[d].session_id for d in lost})[:5]:
-        state, pre, out, _, _ = keys.session_keys(PRODUCT, sid)
+        k = keys.session_keys(PRODUCT, sid)
+        state, pre, out = k.state, k.pre, k.out
         client = chaos.redis.client
-        due = client.zscore(keys.DUE, keys.due_member(PRODUCT, sid))
+        due = client.zscore(k.due, k.member)
         print(f"  {sid}: state={client.hgetall(state)}")
         print(f"  {sid}: pre={client.zcard(pre)} out={client.zcard(out)} due={due}")
 

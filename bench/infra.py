@@ -252,7 +252,7 @@ def wait_drained(client: redis.Redis, *, timeout_s: float = 30.0) -> int:
     deadline = time.monotonic() + timeout_s
     while True:
         soon_ms = int((time.time() + 1.0) * 1000)
-        due = int(client.zcount(keys.DUE, "-inf", soon_ms))
+        due = sum(int(client.zcount(keys.due_key(k), "-inf", soon_ms)) for k in range(keys.SHARDS))
         if due == 0 or time.monotonic() > deadline:
             return due
         time.sleep(0.2)

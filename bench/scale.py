@@ -73,9 +73,10 @@ async def ack_all(store: RedisStore, product: ProductConfig, claims: Sequence[Cl
 
 async def claim_and_ack(store: RedisStore, product: ProductConfig, *, limit: int) -> int:
     """Claim up to ``limit`` due flush notes and acknowledge them as delivered."""
-    claims = await store.claim_due(
+    found = await store.claim_due(
         now=time.time(), limit=limit, lease_s=LEASE_S, max_note_actions=MAX_NOTE_ACTIONS
     )
+    claims = found.claims
     if any(c.product_id != product.id for c in claims):
         raise RuntimeError("the due queue held another product's work while populating B4")
     await ack_all(store, product, claims)
@@ -123,7 +124,11 @@ def wait_idle(client: redis.Redis, product_id: str, *, timeout_s: float = 60.0) 
     deadline = time.monotonic() + timeout_s
     pattern = keys.due_member(product_id, "*")
     while True:
-        left = sum(1 for _ in client.zscan_iter(keys.DUE, match=pattern, count=1000))
+        left = sum(
+            1
+            for k in range(keys.SHARDS)
+            for _ in client.zscan_iter(keys.due_key(k), match=pattern, count=1000)
+        )
         if left == 0 or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
@@ -131,9 +136,9 @@ def wait_idle(client: redis.Redis, product_id: str, *, timeout_s: float = 60.0) 
 
 def key_sizes(client: redis.Redis, product_id: str, session_id: str) -> dict[str, int]:
     """``MEMORY USAGE`` of each key one idle session holds (bytes, with Redis's overhead)."""
-    state, pre, out, seen, notes = keys.session_keys(product_id, session_id)
+    k = keys.session_keys(product_id, session_id)
     identity = keys.identity_key(product_id, user_id=f"user-{session_id}")
-    named = {"state": state, "pre": pre, "out": out, "seen": seen, "notes": notes}
+    named = {"state": k.state, "pre": k.pre, "out": k.out, "seen": k.seen, "notes": k.notes}
     named["identity"] = identity
     sizes = {name: client.memory_usage(key, samples=0) for name, key in named.items()}
     return {name: int(size) for name, size in sizes.items() if size is not None}
@@ -157,10 +162,10 @@ def measure_memory(
     left = wait_idle(client, product.id)
     after = used_memory(client)
     per_session = (after - before) / sessions
-    state, _, _, seen, notes = keys.session_keys(product.id, f"{prefix}0")
+    k = keys.session_keys(product.id, f"{prefix}0")
     encodings = {
         name: encoding(client, key)
-        for name, key in (("state", state), ("seen", seen), ("notes", notes))
+        for name, key in (("state", k.state), ("seen", k.seen), ("notes", k.notes))
     }
     return {
         **result,

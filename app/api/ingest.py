@@ -141,8 +141,8 @@ async def ingest_actions(
     )
     _count_intake(intake)
     _count(product, outcomes)
-    due = [o.due_at for o in outcomes if o.due_at is not None]
-    services.worker.notify(min(due, default=None))
+    for outcome in outcomes:
+        services.worker.notify(outcome.due_at, outcome.shard)
     answer = IngestResponse(
         accepted=sum(o.accepted for o in outcomes),
         duplicates=sum(o.duplicates for o in outcomes),

@@ -1,7 +1,9 @@
 """The delivery worker: claims due sessions from the store, posts their notes, acknowledges.
 
-One worker runs per process. All timing lives in Redis (the due queue), so any replica can
-deliver any session and a restarted process picks up where a dead one stopped.
+One worker runs per process. All timing lives in Redis (the due queues, one per shard), so any
+replica can deliver any session and a restarted process picks up where a dead one stopped. The
+worker remembers when each shard's next session falls due, so a turn reads only the shards with
+work; every ``poll_s`` it looks at all of them, to find work other replicas scheduled.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from app.platforms.base import (
     RetryableDeliveryError,
 )
 from app.products import ProductConfig
+from app.store import keys
 from app.store.redis_store import Claim, FailMode, PostedNote, RedisStore, StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -83,11 +86,21 @@ class DeliveryWorker:
         self._wake_at = math.inf
         self._drain_until: float | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        # When each shard's next session is due, as far as this process knows (0: look now).
+        self._shard_due = [0.0] * keys.SHARDS
+        self._next_sweep = 0.0
 
-    def notify(self, due_at: float | None) -> None:
-        """Bring the loop's next look forward when local work falls due sooner than planned.
-        Costs no I/O: a burst of ingests moves one timer instead of waking the loop each time."""
-        if due_at is not None and due_at < self._wake_at:
+    def notify(self, due_at: float | None, shard: int | None = None) -> None:
+        """Bring the loop's next look forward when local work falls due sooner than planned
+        (in ``shard``, or in any shard when None). Costs no I/O: a burst of ingests moves one
+        timer instead of waking the loop each time."""
+        if due_at is None:
+            return
+        if shard is None:
+            self._shard_due = [min(t, due_at) for t in self._shard_due]
+        elif due_at < self._shard_due[shard]:
+            self._shard_due[shard] = due_at
+        if due_at < self._wake_at:
             self._wake_at = due_at
             self._wake.set()
 
@@ -116,7 +129,7 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Claim everything due now and deliver it; returns the number of notes attempted."""
-        claims = await self._claim(self._concurrency)
+        claims = await self._claim(self._concurrency, shards=None)
         await asyncio.gather(*(self._deliver(claim) for claim in claims))
         return len(claims)
 
@@ -138,17 +151,28 @@ class DeliveryWorker:
         capacity = self._concurrency - len(self._in_flight)
         if capacity <= 0:
             return self._poll_s, None  # a finishing delivery sets the wake event
-        claims = await self._claim(capacity)
+        now = self._clock.now()
+        shards: list[int] | None = [k for k, t in enumerate(self._shard_due) if t <= now]
+        if now >= self._next_sweep or self._drain_until is not None:
+            shards, self._next_sweep = None, now + self._poll_s
+        elif not shards:
+            return self._delay(now), self._next_due()
+        claims = await self._claim(capacity, shards=shards)
         for claim in claims:
             task = asyncio.create_task(self._deliver(claim))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
         if len(claims) == capacity:
             return 0.0, None
-        next_due = await self._store.next_due_at()
-        if next_due is None:
-            return self._poll_s, None
-        return min(self._poll_s, max(0.0, next_due - self._clock.now())), next_due
+        return self._delay(self._clock.now()), self._next_due()
+
+    def _next_due(self) -> float | None:
+        soonest = min(self._shard_due)
+        return None if math.isinf(soonest) else soonest
+
+    def _delay(self, now: float) -> float:
+        """Until the next known due time, or the next sweep of every shard."""
+        return max(0.0, min(min(self._shard_due), self._next_sweep) - now)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -164,13 +188,17 @@ class DeliveryWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=remaining)
 
-    async def _claim(self, limit: int) -> list[Claim]:
-        return await self._store.claim_due(
+    async def _claim(self, limit: int, *, shards: list[int] | None) -> list[Claim]:
+        found = await self._store.claim_due(
             now=self._clock.now(),
             limit=limit,
             lease_s=self._lease_s,
             max_note_actions=MAX_NOTE_ACTIONS,
+            shards=shards,
         )
+        for shard, due_at in found.next_due.items():
+            self._shard_due[shard] = math.inf if due_at is None else due_at
+        return found.claims
 
     async def _deliver(self, claim: Claim) -> None:
         bound = log.bind(
@@ -195,6 +223,7 @@ class DeliveryWorker:
             # be posted again (at-least-once delivery).
             bound.warning("note_ack_failed", error=str(exc))
             return
+        self.notify(outcome.due_at, claim.shard)
         metrics.NOTES_POSTED.labels(product.id, product.platform, note.kind).inc()
         metrics.NOTE_DELIVERY_SECONDS.observe(max(0.0, self._clock.now() - claim.queued_at))
         bound.info("note_delivered", kind=note.kind, note_id=note_id, actions=len(note.actions))
@@ -235,11 +264,13 @@ class DeliveryWorker:
             return  # an unconfigured product's sessions wait in the store until it returns
         metrics.NOTE_FAILURES.labels(product.id, product.platform, type(exc).__name__).inc()
         try:
-            await self._store.fail(
+            _, due_at = await self._store.fail(
                 claim, product, mode=mode, error=error, retry_at=retry_at, now=self._clock.now()
             )
         except StoreUnavailable as store_exc:
             bound.warning("note_failure_not_recorded", error=str(store_exc))
+        else:
+            self.notify(due_at, claim.shard)
 
     def _failure_plan(self, claim: Claim, exc: Exception) -> tuple[FailMode, float]:
         now = self._clock.now()

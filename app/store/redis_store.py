@@ -1,25 +1,45 @@
-"""All Redis access: every multi-key change is one Lua script, so it is atomic across replicas."""
+"""All Redis access, on one Redis server, a Redis Cluster or the embedded store.
+
+Every change to a session is one Lua script on that session's keys, which share one hash slot
+(app/store/keys.py), so it is atomic across replicas. Flows that also touch keys of other slots
+(a contact's identity index and pending conversation, a product's dead letters) are ordered
+single-slot steps, each idempotent, so a crash between two steps loses nothing and a retry of
+the request finishes the flow (docs/design/cluster.md). ``after_step`` names the points between
+those steps; tests crash the store there.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import redis.asyncio as redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 
 from app.domain import LinkEvent
 from app.models import ActionsPayload, SummaryPayload
 from app.products import ProductConfig
 from app.store import keys
 from app.store.codec import StoredAction, action_digest, encode_action, in_arrival_order
-from app.store.scripts import LAYOUTS, ScriptCall, load_scripts
+from app.store.scripts import LAYOUTS, Script, ScriptCall, ScriptName, load_scripts
 
 NoteSource = Literal["pre", "out", "summary"]
 FailMode = Literal["retry", "dead", "gone"]
+Client: TypeAlias = "redis.Redis | redis.RedisCluster"
+
+# Answers that mean "not now" (a restart, a failover, a full or read-only node): 503.
+_TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "OOM")
+_SEP = "\x1f"
 
 
 class StoreUnavailable(Exception):
@@ -30,9 +50,25 @@ class StoreError(Exception):
     """Redis answered with an error that retrying will not fix."""
 
 
+class Plain(NamedTuple):
+    """One plain Redis command, by redis-py method name; its first argument is its key."""
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] = {}
+
+    @property
+    def key(self) -> str:
+        return str(self.args[0])
+
+
+Op: TypeAlias = "ScriptCall | Plain"
+
+
 @dataclass(frozen=True, slots=True)
 class IngestOutcome:
     session_id: str
+    shard: int
     accepted: int
     duplicates: int
     conversation_id: str | None
@@ -53,11 +89,12 @@ LinkStatus = Literal["linked", "already_linked", "duplicate"]
 @dataclass(frozen=True, slots=True)
 class LinkOutcome:
     # already_linked: the link was in place (or a reply kept the old one); duplicate: this
-    # webhook delivery was applied before.
+    # webhook delivery (or request) was applied before.
     status: LinkStatus
     conversation_id: str
     previous_conversation_id: str | None
     due_at: float | None
+    shard: int
 
     @property
     def linked(self) -> bool:
@@ -65,11 +102,13 @@ class LinkOutcome:
 
 
 @dataclass(frozen=True, slots=True)
-class Resolution:
-    """Who a webhook's contact is: a session, or none yet (the link now waits for one)."""
+class ContactLink:
+    """A webhook that names a contact, not a session: the session found and its link, or no
+    session yet (the conversation now waits for one), or a redelivery of such a wait."""
 
     status: Literal["session", "pending", "duplicate"]
     session_id: str | None = None
+    link: LinkOutcome | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +131,25 @@ class Claim:
     def member(self) -> str:
         return keys.due_member(self.product_id, self.session_id)
 
+    @property
+    def keys(self) -> keys.SessionKeys:
+        return keys.session_keys(self.product_id, self.session_id)
+
+    @property
+    def shard(self) -> int:
+        return keys.shard_of(self.product_id, self.session_id)
+
     def actions(self) -> list[StoredAction]:
         return in_arrival_order(self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRound:
+    """What one look at the due queues found: the claims, and per shard looked at, when its
+    next session falls due (None: nothing queued)."""
+
+    claims: list[Claim]
+    next_due: dict[int, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +160,7 @@ class PostedNote:
 
     @classmethod
     def parse(cls, entry: bytes) -> PostedNote:
-        tag, conversation_id, note_id = entry.decode().split("\x1f", 2)
+        tag, conversation_id, note_id = entry.decode().split(_SEP, 2)
         return cls("summary" if tag == "s" else "actions", conversation_id, note_id)
 
 
@@ -112,6 +168,7 @@ class PostedNote:
 class AckOutcome:
     acked: bool  # False: the lease was lost to another process
     replaced: list[PostedNote]  # action notes a confirmed summary replaces (to redact)
+    due_at: float | None = None  # when the session's next note is due
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +209,27 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _ingest_outcome(session_id: str, r: list[Any]) -> IngestOutcome:
+def _contact(batch: ActionsPayload) -> tuple[str | None, str | None]:
+    user_id = batch.user_id or next((a.user_id for a in batch.actions if a.user_id), None)
+    email = batch.email or next((a.email for a in batch.actions if a.email), None)
+    return user_id, email.lower() if email else None
+
+
+def _contact_keys(
+    key: Callable[..., str], product_id: str, user_id: str | None, email: str | None
+) -> list[str]:
+    found = [key(product_id, user_id=user_id)] if user_id else []
+    return found + ([key(product_id, email=email)] if email else [])
+
+
+def _pending_conversation(value: bytes | None) -> str | None:
+    return None if value is None else value.decode().partition(_SEP)[0] or None
+
+
+def _ingest_outcome(session_id: str, shard: int, r: list[Any]) -> IngestOutcome:
     return IngestOutcome(
         session_id=session_id,
+        shard=shard,
         accepted=int(r[0]),
         duplicates=int(r[1]),
         conversation_id=_text(r[2]),
@@ -166,10 +241,11 @@ def _ingest_outcome(session_id: str, r: list[Any]) -> IngestOutcome:
     )
 
 
-def _summary_outcome(payload: SummaryPayload, r: list[Any]) -> IngestOutcome:
+def _summary_outcome(payload: SummaryPayload, shard: int, r: list[Any]) -> IngestOutcome:
     replayed = int(r[2]) == 1
     return IngestOutcome(
         session_id=payload.sid,
+        shard=shard,
         accepted=0 if replayed else 1,
         duplicates=1 if replayed else 0,
         conversation_id=_text(r[0]),
@@ -181,61 +257,154 @@ def _summary_outcome(payload: SummaryPayload, r: list[Any]) -> IngestOutcome:
     )
 
 
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError, SlotNotCoveredError)):
+        return True
+    if isinstance(exc, ResponseError):
+        return isinstance(exc, ClusterError) or str(exc).startswith(_TRANSIENT)
+    return isinstance(exc, RedisError)
+
+
+def _translated(exc: BaseException) -> Exception:
+    if _unavailable(exc):
+        return StoreUnavailable(str(exc) or type(exc).__name__)
+    return StoreError(str(exc) or type(exc).__name__)
+
+
+def _no_step(step: str) -> None:
+    pass
+
+
 class RedisStore:
-    """The session store. Methods take ``now`` (epoch seconds) so callers own the clock."""
+    """The session store. Methods take ``now`` (epoch seconds) so callers own the clock.
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``wait_replicas``: writes that answer a client (ingest, links, summaries, replays) return
+    only after that many replicas confirmed them (``WAIT``), so a failover cannot lose what the
+    service acknowledged. ``shebang``: run the scripts in Redis 7's strict mode (every key
+    declared); by default on, except on the embedded store, which does not support it.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 1.0,
+        shebang: bool | None = None,
+        after_step: Callable[[str], None] = _no_step,
+    ) -> None:
         self._redis = client
-        self._scripts = load_scripts()
+        self._cluster = isinstance(client, redis.RedisCluster)
+        if shebang is None:  # the embedded store (fakeredis) is the one client without it
+            shebang = not type(client).__module__.startswith("fakeredis")
+        self._scripts: dict[ScriptName, Script] = load_scripts(shebang=shebang)
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = _ms(wait_timeout_s)
+        self._after_step = after_step
 
-    async def _evalsha_all(self, calls: Sequence[ScriptCall]) -> Any:
-        pipe = self._redis.pipeline(transaction=False)
-        for name, script_keys, args in calls:
-            pipe.evalsha(self._scripts[name].sha, len(script_keys), *script_keys, *args)
-        return await pipe.execute()
+    # -- running commands -------------------------------------------------------------------
 
-    async def _evalsha(self, calls: Sequence[ScriptCall]) -> Any:
-        if len(calls) == 1:  # the common case: no pipeline to build
-            name, script_keys, args = calls[0]
-            sha = self._scripts[name].sha
-            return [await self._redis.evalsha(sha, len(script_keys), *script_keys, *args)]
-        return await self._evalsha_all(calls)
+    def _queue(self, pipe: Any, op: Op, *, by_sha: bool) -> None:
+        if isinstance(op, Plain):
+            getattr(pipe, op.method)(*op.args, **op.kwargs)
+            return
+        script = self._scripts[op.name]
+        head = ("EVALSHA", script.sha) if by_sha else ("EVAL", script.source)
+        # execute_command, not evalsha(): redis-py's cluster pipeline refuses evalsha().
+        pipe.execute_command(*head, len(op.keys), *op.keys, *op.args)
 
-    async def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """Run scripts in one round trip (each one atomic); loads them after a Redis restart."""
+    async def _wait_targets(self, ops: Sequence[Op]) -> list[Any]:
+        """The nodes the ops' writes go to (one WAIT each); [None] on a single server."""
+        if not self._cluster:
+            return [None]
+        cluster: redis.RedisCluster = self._redis  # type: ignore[assignment]
+        await cluster.initialize()
+        nodes: dict[str, Any] = {}
+        for op in ops:
+            node = cluster.get_node_from_key(op.keys[0] if isinstance(op, ScriptCall) else op.key)
+            if node is not None:
+                nodes.setdefault(node.name, node)
+        return list(nodes.values())
+
+    async def _one(self, op: Op, *, by_sha: bool) -> Any:
+        """A single op without a pipeline (the common case); its error is its result."""
         try:
-            try:
-                return list(await self._evalsha(calls))
-            except NoScriptError:
-                await self.load_scripts()
-                return list(await self._evalsha(calls))
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            if isinstance(op, Plain):
+                return await getattr(self._redis, op.method)(*op.args, **op.kwargs)
+            script = self._scripts[op.name]
+            head = ("EVALSHA", script.sha) if by_sha else ("EVAL", script.source)
+            return await self._redis.execute_command(*head, len(op.keys), *op.keys, *op.args)
         except ResponseError as exc:
-            if str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN")):
-                raise StoreUnavailable(str(exc)) from exc
-            raise StoreError(str(exc)) from exc
-        except RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            return exc
 
-    async def run(self, call: ScriptCall) -> Any:
-        return (await self.run_many([call]))[0]
+    async def _pipeline(self, ops: Sequence[Op], *, by_sha: bool, durable: bool) -> list[Any]:
+        waits = await self._wait_targets(ops) if durable and self._wait_replicas else []
+        if len(ops) == 1 and not waits:
+            return [await self._one(ops[0], by_sha=by_sha)]
+        pipe = self._redis.pipeline(transaction=False)
+        for op in ops:
+            self._queue(pipe, op, by_sha=by_sha)
+        for node in waits:
+            # The same connection as the writes (a cluster pipeline sends one node's commands
+            # on one connection, in order): WAIT counts exactly those writes.
+            extra = {} if node is None else {"target_nodes": node}
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms, **extra)
+        results = list(await pipe.execute(raise_on_error=False))
+        for confirmed in results[len(ops) :]:
+            if isinstance(confirmed, BaseException):
+                raise confirmed
+            if int(confirmed) < self._wait_replicas:
+                raise StoreUnavailable(
+                    f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time"
+                )
+        return results[: len(ops)]
+
+    async def _send(self, ops: Sequence[Op], *, durable: bool = False) -> list[Any]:
+        """Run ops in one round trip per node (each script atomic) and return their results.
+        A node that lost the scripts (a restart, a promoted replica) answers NOSCRIPT: only
+        those calls run again, by source. ``durable``: see the class docstring."""
+        if not ops:
+            return []
+        try:
+            results = await self._pipeline(ops, by_sha=True, durable=durable)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                again = [ops[i] for i in missing]
+                redone = await self._pipeline(again, by_sha=False, durable=durable)
+                for i, result in zip(missing, redone, strict=True):
+                    results[i] = result
+        except StoreUnavailable:
+            raise
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise _translated(exc) from exc
+        for result in results:
+            if isinstance(result, BaseException):
+                raise _translated(result) from result
+        return results
+
+    async def run_many(self, calls: Sequence[ScriptCall], *, durable: bool = False) -> list[Any]:
+        return await self._send(calls, durable=durable)
+
+    async def run(self, call: ScriptCall, *, durable: bool = False) -> Any:
+        return (await self._send([call], durable=durable))[0]
 
     async def _read(self, coro: Any) -> Any:
         """Await one plain Redis call, translating its failure."""
         try:
             return await coro
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise _translated(exc) from exc
 
     async def load_scripts(self) -> None:
+        """Load every script (on a cluster: on every primary). Optional: a node without them
+        gets them on first use."""
         for script in self._scripts.values():
             await self._read(self._redis.script_load(script.source))
 
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
-        except (RedisError, OSError):
+        except (RedisError, RedisClusterException, OSError):
             return False
 
     # -- intake -----------------------------------------------------------------------------
@@ -248,59 +417,123 @@ class RedisStore:
         now: float,
         replay_fields: Sequence[bytes] | None = None,
     ) -> list[IngestOutcome]:
-        """Store a request's payloads in order: one script each, one round trip for all.
-        ``replay_fields[i]`` records payload ``i`` with its session, atomically with its
-        effect, so a replayed request is recognised payload by payload and changes nothing."""
+        """Store a request's payloads, in order, durably.
+
+        Steps: (1) each payload's session script (its actions, its replay record ``
+        replay_fields[i]``, a link named by the batch) and the contact's identity index, in
+        one round trip; (2) for a session still unlinked, read the contact's pending
+        conversation; (3) link it; (4) forget the pending conversation. A replayed request
+        changes nothing in step 1 and runs the later steps again, so a crash after any step
+        heals when the sender retries."""
         fields = replay_fields or [b""] * len(payloads)
-        calls = [
-            self._ingest_call(product, p, now, replay)
+        ops: list[Op] = []
+        for p, replay in zip(payloads, fields, strict=True):
+            if isinstance(p, ActionsPayload):
+                ops.append(self._ingest_call(product, p, now, replay))
+            else:
+                ops.append(self._summary_call(product, p, now, replay))
+        identities = self._identity_writes(product.id, payloads)
+        results = await self._send([*ops, *identities], durable=True)
+        outcomes = [
+            _ingest_outcome(p.sid, keys.shard_of(product.id, p.sid), r)
             if isinstance(p, ActionsPayload)
-            else self._summary_call(product, p, now, replay)
-            for p, replay in zip(payloads, fields, strict=True)
+            else _summary_outcome(p, keys.shard_of(product.id, p.sid), r)
+            for p, r in zip(payloads, results[: len(ops)], strict=True)
         ]
-        results = await self.run_many(calls)
+        self._after_step("ingest.stored")
+        return await self._link_pending(product, payloads, outcomes, now=now)
+
+    def _identity_writes(
+        self, product_id: str, payloads: Sequence[ActionsPayload | SummaryPayload]
+    ) -> list[Op]:
+        latest: dict[str, str] = {}  # the last batch of a contact in the request wins
+        for p in payloads:
+            if isinstance(p, ActionsPayload):
+                for key in _contact_keys(keys.identity_key, product_id, *_contact(p)):
+                    latest[key] = p.sid
         return [
-            _ingest_outcome(p.sid, r) if isinstance(p, ActionsPayload) else _summary_outcome(p, r)
-            for p, r in zip(payloads, results, strict=True)
+            Plain("set", (key, sid), {"ex": keys.IDENTITY_TTL_S}) for key, sid in latest.items()
         ]
+
+    async def _link_pending(
+        self,
+        product: ProductConfig,
+        payloads: Sequence[ActionsPayload | SummaryPayload],
+        outcomes: list[IngestOutcome],
+        *,
+        now: float,
+    ) -> list[IngestOutcome]:
+        """Steps 2 to 4 of :meth:`ingest`: link unlinked sessions to the conversation a
+        webhook left for their contact."""
+        waiting: list[tuple[int, list[str]]] = []
+        for i, (p, outcome) in enumerate(zip(payloads, outcomes, strict=True)):
+            if isinstance(p, ActionsPayload) and not outcome.linked:
+                pending = _contact_keys(keys.pending_key, product.id, *_contact(p))
+                if pending:
+                    waiting.append((i, pending))
+        if not waiting:
+            return outcomes
+        reads = [Plain("get", (key,)) for _, pending in waiting for key in pending]
+        values = dict(zip((op.key for op in reads), await self._send(reads), strict=True))
+        self._after_step("ingest.pending_read")
+        for i, pending in waiting:
+            conversation = next(
+                (c for key in pending if (c := _pending_conversation(values[key]))), None
+            )
+            if conversation is None:
+                continue
+            link = await self.link(
+                product,
+                session_id=outcomes[i].session_id,
+                conversation_id=conversation,
+                event=LinkEvent.NEW,
+                now=now,
+            )
+            self._after_step("ingest.linked")
+            await self._forget_pending(pending, conversation)
+            self._after_step("ingest.pending_forgotten")
+            if link.status != "duplicate":
+                outcomes[i] = replace(
+                    outcomes[i],
+                    conversation_id=link.conversation_id,
+                    linked_now=link.linked,
+                    due_at=link.due_at if link.linked else outcomes[i].due_at,
+                )
+        return outcomes
+
+    async def _forget_pending(self, pending: Iterable[str], conversation_id: str) -> None:
+        await self._send(
+            [
+                LAYOUTS["unpend"].call(
+                    keys={"pending": key}, args={"conversation_id": conversation_id}
+                )
+                for key in pending
+            ]
+        )
 
     def _ingest_call(
         self, product: ProductConfig, batch: ActionsPayload, now: float, replay: bytes
     ) -> ScriptCall:
-        pid, sid = product.id, batch.sid
-        user_id = batch.user_id or next((a.user_id for a in batch.actions if a.user_id), None)
-        email = batch.email or next((a.email for a in batch.actions if a.email), None)
+        user_id, email = _contact(batch)
         conversation = batch.conversation_id or next(
             (a.conversation_id for a in batch.actions if a.conversation_id), None
         )
-        state, pre, out, seen = keys.session_keys(pid, sid)[:4]
         tail: list[Any] = []
         for action in batch.actions:
             tail += [action_digest(action), repr(action.started_at), encode_action(action)]
+        k = keys.session_keys(product.id, batch.sid)
         return LAYOUTS["ingest"].call(
-            keys={
-                "state": state,
-                "pre": pre,
-                "out": out,
-                "seen": seen,
-                "due": keys.DUE,
-                "id_user": keys.identity_key(pid, user_id=user_id) if user_id else "",
-                "id_email": keys.identity_key(pid, email=email) if email else "",
-                "pending_user": keys.pending_key(pid, user_id=user_id) if user_id else "",
-                "pending_email": keys.pending_key(pid, email=email) if email else "",
-            },
+            keys=self._session_keys(k, "state", "pre", "out", "seen", "dead", "due"),
             args={
                 "now_ms": _ms(now),
-                "member": keys.due_member(pid, sid),
-                "session_id": sid,
+                "member": k.member,
                 "user_id": user_id or "",
-                "email": (email or "").lower(),
+                "email": email or "",
                 "conversation_id": conversation or "",
                 "window_s": repr(product.pre_link_window_s),
                 "cap": product.max_pending_actions,
                 **self._timings(product),
                 "buffer_ttl_s": keys.UNLINKED_BUFFER_TTL_S,
-                "identity_ttl_s": keys.IDENTITY_TTL_S,
                 "replay_field": replay,
             },
             rest=tail,
@@ -309,17 +542,21 @@ class RedisStore:
     def _summary_call(
         self, product: ProductConfig, payload: SummaryPayload, now: float, replay: bytes
     ) -> ScriptCall:
-        state, pre, out, seen = keys.session_keys(product.id, payload.sid)[:4]
+        k = keys.session_keys(product.id, payload.sid)
         return LAYOUTS["summary"].call(
-            keys={"state": state, "pre": pre, "out": out, "due": keys.DUE, "seen": seen},
+            keys=self._session_keys(k, "state", "pre", "out", "seen", "dead", "due"),
             args={
                 "now_ms": _ms(now),
-                "member": keys.due_member(product.id, payload.sid),
+                "member": k.member,
                 "summary": payload.summary,
                 **self._timings(product),
                 "replay_field": replay,
             },
         )
+
+    @staticmethod
+    def _session_keys(k: keys.SessionKeys, *names: str) -> dict[str, str]:
+        return {name: getattr(k, name) for name in names}
 
     @staticmethod
     def _timings(product: ProductConfig) -> dict[str, Any]:
@@ -344,91 +581,167 @@ class RedisStore:
         replay_field: bytes = b"",
     ) -> LinkOutcome:
         """Link; a user message also moves the FSM to reactive_assistance. A webhook's
-        ``delivery_id`` is recorded with the link (24 h), and so is a request's
-        ``replay_field``: a redelivery or a replay is reported as a duplicate."""
-        state, pre, out, seen = keys.session_keys(product.id, session_id)[:4]
-        delivery = keys.webhook_dedupe_key(product.id, delivery_id) if delivery_id else ""
+        ``delivery_id`` (or a request's ``replay_field``) is recorded with the link, in the
+        session's seen hash: a redelivery or a replay is reported as a duplicate."""
+        k = keys.session_keys(product.id, session_id)
+        record = replay_field or (b"wh:" + delivery_id.encode() if delivery_id else b"")
         call = LAYOUTS["link"].call(
-            keys={
-                "state": state,
-                "pre": pre,
-                "out": out,
-                "due": keys.DUE,
-                "delivery": delivery,
-                "seen": seen,
-            },
+            keys=self._session_keys(k, "state", "pre", "out", "seen", "dead", "due"),
             args={
                 "now_ms": _ms(now),
-                "member": keys.due_member(product.id, session_id),
+                "member": k.member,
                 "conversation_id": conversation_id,
                 "event": event.value if event else "",
                 **self._timings(product),
                 "user_message": int(user_message),
-                "dedupe_ttl_s": keys.WEBHOOK_DEDUPE_TTL_S,
-                "replay_field": replay_field,
+                "replay_field": record,
             },
         )
-        status, previous, due = await self.run(call)
+        status, previous, due = await self.run(call, durable=True)
         linked = status == b"linked"
         return LinkOutcome(
             status=status.decode(),
             conversation_id=conversation_id if linked else (_text(previous) or conversation_id),
             previous_conversation_id=_text(previous) if linked else None,
             due_at=_due(int(due)),
+            shard=k.shard,
         )
 
-    async def resolve_session(
+    async def link_contact(
         self,
-        product_id: str,
+        product: ProductConfig,
         *,
         user_id: str | None,
         email: str | None,
         conversation_id: str,
+        event: LinkEvent | None,
+        now: float,
         delivery_id: str | None = None,
-    ) -> Resolution:
-        """The contact's latest session; when none is known, remember the conversation for the
-        contact (and record the webhook's ``delivery_id`` with it)."""
-        call = LAYOUTS["resolve"].call(
-            keys={
-                "id_user": keys.identity_key(product_id, user_id=user_id) if user_id else "",
-                "id_email": keys.identity_key(product_id, email=email) if email else "",
-                "pending_user": keys.pending_key(product_id, user_id=user_id) if user_id else "",
-                "pending_email": keys.pending_key(product_id, email=email) if email else "",
-                "delivery": keys.webhook_dedupe_key(product_id, delivery_id) if delivery_id else "",
-            },
-            args={
-                "conversation_id": conversation_id,
-                "pending_ttl_s": keys.PENDING_IDENTITY_TTL_S,
-                "has_user": int(bool(user_id)),
-                "has_email": int(bool(email)),
-                "dedupe_ttl_s": keys.WEBHOOK_DEDUPE_TTL_S,
-            },
+    ) -> ContactLink:
+        """A webhook names a contact: link the contact's latest session, or leave the
+        conversation for the contact's next batch.
+
+        Steps: (1) write the pending conversation (with the delivery id); (2) read the identity
+        index; (3) link the session found (recording the delivery id); (4) forget the pending
+        conversation. Writing before reading, as the ingest does in the other order (identity
+        first, pending second), means a webhook and a first batch racing always meet: at least
+        one of them sees the other's write."""
+        email = email.lower() if email else None
+        pending = _contact_keys(keys.pending_key, product.id, user_id, email)
+        value = f"{conversation_id}{_SEP}{delivery_id or ''}".encode()
+        writes = [
+            Plain("set", (key, value), {"ex": keys.PENDING_IDENTITY_TTL_S, "get": True})
+            for key in pending
+        ]
+        before = await self._send(writes, durable=True)
+        self._after_step("webhook.pending_written")
+        reads = [
+            Plain("get", (key,))
+            for key in _contact_keys(keys.identity_key, product.id, user_id, email)
+        ]
+        session_id = next((_text(s) for s in await self._send(reads) if s), None)
+        self._after_step("webhook.identity_read")
+        if session_id is None:
+            redelivered = bool(delivery_id) and all(old == value for old in before)
+            return ContactLink("duplicate" if redelivered else "pending")
+        outcome = await self.link(
+            product,
+            session_id=session_id,
+            conversation_id=conversation_id,
+            event=event,
+            now=now,
+            user_message=True,
+            delivery_id=delivery_id,
         )
-        row = await self.run(call)
-        return Resolution(row[0].decode(), _text(row[1]) if len(row) > 1 else None)
+        self._after_step("webhook.linked")
+        await self._forget_pending(pending, conversation_id)
+        return ContactLink("session", session_id, outcome)
 
     # -- delivery ---------------------------------------------------------------------------
 
     async def claim_due(
-        self, *, now: float, limit: int, lease_s: float, max_note_actions: int
-    ) -> list[Claim]:
-        call = LAYOUTS["claim"].call(
-            keys={"due": keys.DUE},
-            args={
-                "now_ms": _ms(now),
-                "limit": limit,
-                "lease_ms": _ms(lease_s),
-                "token_prefix": uuid.uuid4().hex + ":",
-                "max_note_actions": max_note_actions,
-            },
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease_s: float,
+        max_note_actions: int,
+        shards: Iterable[int] | None = None,
+    ) -> ClaimRound:
+        """Lease up to ``limit`` due sessions, earliest first, from the given shards' due
+        queues (all by default). Two single-slot steps: read each queue's due members (one
+        round trip for all shards), then claim each session with its own keys; a session
+        another process claimed in between is skipped. Dead letters a crash left unfiled are
+        filed on the way."""
+        looked = list(range(keys.SHARDS) if shards is None else shards)
+        now_ms = _ms(now)
+        heads = [
+            Plain(
+                "zrangebyscore",
+                (keys.due_key(k), "-inf", now_ms),
+                {"start": 0, "num": limit, "withscores": True},
+            )
+            for k in looked
+        ] + [
+            Plain(
+                "zrangebyscore",
+                (keys.due_key(k), f"({now_ms}", "+inf"),
+                {"start": 0, "num": 1, "withscores": True},
+            )
+            for k in looked
+        ]
+        found = await self._send(heads)
+        due_now, later = found[: len(looked)], found[len(looked) :]
+        candidates = sorted(
+            (score, shard, member)
+            for shard, members in zip(looked, due_now, strict=True)
+            for member, score in members
         )
-        rows = await self.run(call)
-        return [self._claim(row) for row in rows]
+        chosen = candidates[:limit]
+        left_over = {shard for _, shard, _ in candidates[limit:]}
+        next_due: dict[int, float | None] = {}
+        for shard, members, head in zip(looked, due_now, later, strict=True):
+            if shard in left_over or len(members) >= limit:
+                next_due[shard] = now  # more is due than this round took
+            else:
+                next_due[shard] = float(head[0][1]) / 1000 if head else None
+        members = [member for _, _, member in chosen]
+        claims = await self._claim_sessions(members, now_ms, _ms(lease_s), max_note_actions)
+        return ClaimRound(claims, next_due)
+
+    async def _claim_sessions(
+        self, members: list[bytes], now_ms: int, lease_ms: int, max_note_actions: int
+    ) -> list[Claim]:
+        prefix = uuid.uuid4().hex
+        sessions = [keys.split_due_member(m.decode()) for m in members]
+        calls = []
+        for n, (product_id, session_id) in enumerate(sessions):
+            k = keys.session_keys(product_id, session_id)
+            calls.append(
+                LAYOUTS["claim_session"].call(
+                    keys=self._session_keys(k, "state", "pre", "out", "dead", "due"),
+                    args={
+                        "now_ms": now_ms,
+                        "member": k.member,
+                        "token": f"{prefix}:{n}",
+                        "lease_ms": lease_ms,
+                        "max_note_actions": max_note_actions,
+                    },
+                )
+            )
+        claims: list[Claim] = []
+        for (product_id, session_id), row in zip(sessions, await self._send(calls), strict=True):
+            if not row:
+                continue
+            if row[9]:
+                await self._file_dead_letters(product_id, session_id, row[9])
+            if row[0]:
+                claims.append(self._claim(product_id, session_id, row))
+        return claims
 
     @staticmethod
-    def _claim(row: list[Any]) -> Claim:
-        member, source, conv, token, did, attempts, fail0, summary, members, queued_at = row
-        product_id, session_id = keys.split_due_member(member.decode())
+    def _claim(product_id: str, session_id: str, row: list[Any]) -> Claim:
+        source, conv, token, did, attempts, fail0, summary, members, queued_at = row[:9]
         return Claim(
             product_id=product_id,
             session_id=session_id,
@@ -447,11 +760,12 @@ class RedisStore:
         self, claim: Claim, product: ProductConfig, *, note_id: str | None, now: float
     ) -> AckOutcome:
         """Record a confirmed note and schedule what is left."""
+        k = claim.keys
         call = LAYOUTS["ack"].call(
-            keys={"due": keys.DUE},
+            keys=self._session_keys(k, "state", "pre", "out", "notes", "dead", "due"),
             args={
                 "now_ms": _ms(now),
-                "member": claim.member,
+                "member": k.member,
                 "token": claim.token,
                 "kind": claim.source,
                 "note_id": note_id or "",
@@ -463,8 +777,9 @@ class RedisStore:
             rest=claim.members,
         )
         result = await self.run(call)
-        replaced = [PostedNote.parse(e) for e in result[1]] if len(result) > 1 else []
-        return AckOutcome(bool(result[0]), replaced)
+        if not int(result[0]):
+            return AckOutcome(False, [])
+        return AckOutcome(True, [PostedNote.parse(e) for e in result[1]], _due(int(result[2])))
 
     async def fail(
         self,
@@ -475,10 +790,18 @@ class RedisStore:
         error: str,
         retry_at: float,
         now: float,
-    ) -> bool:
-        """Record a failed note: back off, dead-letter it, or unlink a vanished conversation."""
+    ) -> tuple[bool, float | None]:
+        """Record a failed note: back off, dead-letter it, or unlink a vanished conversation.
+        Returns whether the lease was still ours, and when the session is due next.
+
+        A dead letter takes three steps: the session script moves the note into the session's
+        own dead hash; the letter is added to the product's list (idempotent: same entry, same
+        member); the session's copy is deleted. A crash in between leaves the session due, and
+        the next claim files the letter."""
+        letter_id = uuid.uuid4().hex
         entry = json.dumps(
             {
+                "id": letter_id,
                 "session_id": claim.session_id,
                 "conversation_id": claim.conversation_id,
                 "kind": claim.source,
@@ -491,11 +814,12 @@ class RedisStore:
             },
             ensure_ascii=False,
         )
+        k = claim.keys
         call = LAYOUTS["fail"].call(
-            keys={"due": keys.DUE, "dead_letters": keys.dead_letter_key(product.id)},
+            keys=self._session_keys(k, "state", "pre", "out", "dead", "due"),
             args={
                 "now_ms": _ms(now),
-                "member": claim.member,
+                "member": k.member,
                 "token": claim.token,
                 "kind": claim.source,
                 "mode": mode,
@@ -503,16 +827,46 @@ class RedisStore:
                 "error": error,
                 **self._timings(product),
                 "buffer_ttl_s": keys.UNLINKED_BUFFER_TTL_S,
+                "letter_id": letter_id,
                 "dead_letter_entry": entry,
-                "dead_letter_ttl_s": keys.DEAD_LETTER_TTL_S,
             },
             rest=claim.members,
         )
-        return bool(await self.run(call))
+        result = await self.run(call)
+        if not int(result[0]):
+            return False, None
+        if mode == "dead":
+            self._after_step("dead.recorded")
+            await self._file_dead_letters(product.id, claim.session_id, [entry.encode()])
+        return True, _due(int(result[1]))
+
+    async def _file_dead_letters(
+        self, product_id: str, session_id: str, entries: Sequence[bytes]
+    ) -> None:
+        dead_key = keys.dead_letter_key(product_id)
+        letters = [json.loads(e) for e in entries]
+        await self._send(
+            [
+                *(
+                    Plain("zadd", (dead_key, {e: _ms(letter["failed_at"])}), {"nx": True})
+                    for e, letter in zip(entries, letters, strict=True)
+                ),
+                Plain("expire", (dead_key, keys.DEAD_LETTER_TTL_S)),
+            ]
+        )
+        self._after_step("dead.filed")
+        session_dead = keys.session_keys(product_id, session_id).dead
+        await self._send([Plain("hdel", (session_dead, *(str(x["id"]) for x in letters)))])
 
     async def next_due_at(self) -> float | None:
-        head = await self._read(self._redis.zrange(keys.DUE, 0, 0, withscores=True))
-        return float(head[0][1]) / 1000 if head else None
+        heads = await self._send(
+            [
+                Plain("zrange", (keys.due_key(k), 0, 0), {"withscores": True})
+                for k in range(keys.SHARDS)
+            ]
+        )
+        scores = [float(head[0][1]) for head in heads if head]
+        return min(scores) / 1000 if scores else None
 
     # -- session state ----------------------------------------------------------------------
 
@@ -527,9 +881,9 @@ class RedisStore:
     async def session_state(
         self, product: ProductConfig, session_id: str, *, now: float
     ) -> SessionState | None:
-        state_key, pre, out = keys.session_keys(product.id, session_id)[:3]
+        k = keys.session_keys(product.id, session_id)
         call = LAYOUTS["session"].call(
-            keys={"state": state_key, "pre": pre, "out": out}, args=self._fsm_args(product, now)
+            keys=self._session_keys(k, "state", "pre", "out"), args=self._fsm_args(product, now)
         )
         row = await self.run(call)
         if row is None:
@@ -539,8 +893,8 @@ class RedisStore:
         return SessionState(
             session_id=session_id,
             product_id=product.id,
-            conversation_id=fields.get("conv"),
-            user_id=fields.get("uid"),
+            conversation_id=fields.get("conversation"),
+            user_id=fields.get("user_id"),
             email=fields.get("email"),
             current_state=fields.get("fsm", "thinking"),
             last_interaction_at=_float(fields.get("last_interaction_at")),
@@ -564,9 +918,9 @@ class RedisStore:
     ) -> tuple[bool | None, str]:
         """Enter proactive_assistance if allowed: (True, "ok"), (False, reason), or
         (None, "unknown_session"). A replayed request is (False, "replayed_request")."""
-        state_key, _, _, seen, _ = keys.session_keys(product.id, session_id)
+        k = keys.session_keys(product.id, session_id)
         call = LAYOUTS["proactive"].call(
-            keys={"state": state_key, "seen": seen},
+            keys=self._session_keys(k, "state", "seen"),
             args={
                 **self._fsm_args(product, now),
                 "trigger_id": trigger_id,
@@ -574,31 +928,40 @@ class RedisStore:
                 "replay_field": replay_field,
             },
         )
-        code, reason = await self.run(call)
+        code, reason = await self.run(call, durable=True)
         return (None if int(code) == -1 else int(code) == 1), reason.decode()
 
     # -- operations -------------------------------------------------------------------------
 
     async def dead_letters(self, product_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead letters of a product, newest first."""
-        raw = await self._read(self._redis.lrange(keys.dead_letter_key(product_id), 0, limit - 1))
+        raw = await self._read(
+            self._redis.zrange(keys.dead_letter_key(product_id), 0, limit - 1, desc=True)
+        )
         return [json.loads(entry) for entry in raw]
 
     async def dead_letter_count(self, product_id: str) -> int:
-        return int(await self._read(self._redis.llen(keys.dead_letter_key(product_id))))
+        return int(await self._read(self._redis.zcard(keys.dead_letter_key(product_id))))
 
     async def due_count(self) -> int:
-        return int(await self._read(self._redis.zcard(keys.DUE)))
+        counts = await self._send([Plain("zcard", (keys.due_key(k),)) for k in range(keys.SHARDS)])
+        return sum(int(c) for c in counts)
 
     async def replay_dead_letters(
         self, product: ProductConfig, *, now: float, limit: int = 100
     ) -> int:
-        """Queue the oldest dead letters again; returns how many were requeued."""
+        """Queue the oldest dead letters again; returns how many left the product's list.
+
+        Two steps per letter: its session script queues it, recording the letter's id (so a
+        second replay of the same letter queues nothing), then the letter leaves the list."""
         dead_key = keys.dead_letter_key(product.id)
-        entries = await self._read(self._redis.lrange(dead_key, -limit, -1))
-        calls = [self._requeue_call(product, entry, now) for entry in reversed(entries)]
-        results = await self.run_many(calls) if calls else []
-        return sum(int(r) for r in results)
+        entries = await self._read(self._redis.zrange(dead_key, 0, limit - 1))
+        if not entries:
+            return 0
+        await self._send([self._requeue_call(product, e, now) for e in entries], durable=True)
+        self._after_step("requeue.queued")
+        removed = await self._send([Plain("zrem", (dead_key, e)) for e in entries])
+        return sum(int(r) for r in removed)
 
     def _requeue_call(self, product: ProductConfig, entry: bytes, now: float) -> ScriptCall:
         letter = json.loads(entry)
@@ -606,33 +969,36 @@ class RedisStore:
         for action in letter.get("actions", []):
             payload = json.dumps(action, ensure_ascii=False, separators=(",", ":"))
             tail += [repr(float(action["timestamp_start"])), payload]
+        k = keys.session_keys(product.id, letter["session_id"])
         return LAYOUTS["requeue"].call(
-            keys={"dead_letters": keys.dead_letter_key(product.id), "due": keys.DUE},
+            keys=self._session_keys(k, "state", "pre", "out", "seen", "dead", "due"),
             args={
                 "now_ms": _ms(now),
-                "member": keys.due_member(product.id, letter["session_id"]),
-                "entry": entry,
+                "member": k.member,
                 "summary": letter.get("summary") or "",
                 **self._timings(product),
                 "buffer_ttl_s": keys.UNLINKED_BUFFER_TTL_S,
+                "replay_field": f"dl:{letter['id']}",
             },
             rest=tail,
         )
 
     async def session_view(self, product_id: str, session_id: str) -> dict[str, Any] | None:
         """Everything the store holds for one session (for operators)."""
-        state_key, pre, out, _, notes = keys.session_keys(product_id, session_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(state_key)
-        pipe.zrange(pre, 0, -1)
-        pipe.zrange(out, 0, -1)
-        pipe.lrange(notes, 0, -1)
-        pipe.zscore(keys.DUE, keys.due_member(product_id, session_id))
-        state, pre_members, out_members, note_ids, due_ms = await self._read(pipe.execute())
+        k = keys.session_keys(product_id, session_id)
+        state, pre_members, out_members, note_ids, due_ms = await self._send(
+            [
+                Plain("hgetall", (k.state,)),
+                Plain("zrange", (k.pre, 0, -1)),
+                Plain("zrange", (k.out, 0, -1)),
+                Plain("lrange", (k.notes, 0, -1)),
+                Plain("zscore", (k.due, k.member)),
+            ]
+        )
         if not state:
             return None
         return {
-            "state": {k.decode(): v.decode() for k, v in state.items()},
+            "state": {name.decode(): v.decode() for name, v in state.items()},
             "pre_link_buffer": [a.data for a in in_arrival_order(pre_members)],
             "outbox": [a.data for a in in_arrival_order(out_members)],
             "posted_notes": [asdict(PostedNote.parse(n)) for n in note_ids],

@@ -20,8 +20,8 @@ from typing import Any, Literal, NamedTuple, get_args
 ScriptName = Literal[
     "ingest",
     "link",
-    "resolve",
-    "claim",
+    "unpend",
+    "claim_session",
     "ack",
     "fail",
     "summary",
@@ -131,38 +131,30 @@ LAYOUTS: Mapping[ScriptName, ScriptLayout] = {
     for layout in (
         ScriptLayout(
             "ingest",
-            keys=(
-                "state", "pre", "out", "seen", "due",
-                "id_user", "id_email", "pending_user", "pending_email",
-            ),
+            keys=("state", "pre", "out", "seen", "dead", "due"),
             args=(
-                "now_ms", "member", "session_id", "user_id", "email", "conversation_id",
-                "window_s", "cap", "debounce_ms", "max_wait_ms", "session_ttl_s",
-                "buffer_ttl_s", "identity_ttl_s", "replay_field",
+                "now_ms", "member", "user_id", "email", "conversation_id", "window_s", "cap",
+                "debounce_ms", "max_wait_ms", "session_ttl_s", "buffer_ttl_s", "replay_field",
             ),
             rest="actions",  # (digest, score, payload) per action
         ),
         ScriptLayout(
             "link",
-            keys=("state", "pre", "out", "due", "delivery", "seen"),
+            keys=("state", "pre", "out", "seen", "dead", "due"),
             args=(
                 "now_ms", "member", "conversation_id", "event", "debounce_ms", "max_wait_ms",
-                "session_ttl_s", "user_message", "dedupe_ttl_s", "replay_field",
+                "session_ttl_s", "user_message", "replay_field",
             ),
         ),
+        ScriptLayout("unpend", keys=("pending",), args=("conversation_id",)),
         ScriptLayout(
-            "resolve",
-            keys=("id_user", "id_email", "pending_user", "pending_email", "delivery"),
-            args=("conversation_id", "pending_ttl_s", "has_user", "has_email", "dedupe_ttl_s"),
-        ),
-        ScriptLayout(
-            "claim",
-            keys=("due",),
-            args=("now_ms", "limit", "lease_ms", "token_prefix", "max_note_actions"),
+            "claim_session",
+            keys=("state", "pre", "out", "dead", "due"),
+            args=("now_ms", "member", "token", "lease_ms", "max_note_actions"),
         ),
         ScriptLayout(
             "ack",
-            keys=("due",),
+            keys=("state", "pre", "out", "notes", "dead", "due"),
             args=(
                 "now_ms", "member", "token", "kind", "note_id", "debounce_ms", "max_wait_ms",
                 "session_ttl_s", "notes_kept", "summary", "conversation_id",
@@ -171,17 +163,17 @@ LAYOUTS: Mapping[ScriptName, ScriptLayout] = {
         ),
         ScriptLayout(
             "fail",
-            keys=("due", "dead_letters"),
+            keys=("state", "pre", "out", "dead", "due"),
             args=(
                 "now_ms", "member", "token", "kind", "mode", "retry_at_ms", "error",
-                "debounce_ms", "max_wait_ms", "session_ttl_s", "buffer_ttl_s",
-                "dead_letter_entry", "dead_letter_ttl_s",
+                "debounce_ms", "max_wait_ms", "session_ttl_s", "buffer_ttl_s", "letter_id",
+                "dead_letter_entry",
             ),
             rest="members",  # the note's action members
         ),
         ScriptLayout(
             "summary",
-            keys=("state", "pre", "out", "due", "seen"),
+            keys=("state", "pre", "out", "seen", "dead", "due"),
             args=(
                 "now_ms", "member", "summary", "debounce_ms", "max_wait_ms", "session_ttl_s",
                 "replay_field",
@@ -189,10 +181,10 @@ LAYOUTS: Mapping[ScriptName, ScriptLayout] = {
         ),
         ScriptLayout(
             "requeue",
-            keys=("dead_letters", "due"),
+            keys=("state", "pre", "out", "seen", "dead", "due"),
             args=(
-                "now_ms", "member", "entry", "summary", "debounce_ms", "max_wait_ms",
-                "session_ttl_s", "buffer_ttl_s",
+                "now_ms", "member", "summary", "debounce_ms", "max_wait_ms", "session_ttl_s",
+                "buffer_ttl_s", "replay_field",
             ),
             rest="actions",  # (score, payload) per action
         ),
@@ -234,9 +226,14 @@ def script_body(name: ScriptName) -> str:
     return _lua(f"{name}.lua")
 
 
-def load_scripts() -> dict[ScriptName, Script]:
+def load_scripts(*, shebang: bool = True) -> dict[ScriptName, Script]:
+    """Every script with the prelude and its generated header. ``shebang`` starts each with
+    ``#!lua``: Redis (7.0 and later) then refuses any key the script did not declare in
+    ``KEYS``, every time, instead of only when the key happens to live on another cluster node.
+    The embedded store's Lua does not understand the line, so it runs without it."""
     prelude = _lua("_common.lua")
+    first = "#!lua\n" if shebang else ""
     return {
-        name: _script(name, f"{prelude}\n{LAYOUTS[name].header()}{script_body(name)}")
+        name: _script(name, f"{first}{prelude}\n{LAYOUTS[name].header()}{script_body(name)}")
         for name in SCRIPT_NAMES
     }

@@ -63,8 +63,8 @@ async def test_session_view_shows_buffers_link_and_note_ids(
             after = (await h.client.get("/debug/sessions/acme/s1", headers=ADMIN)).json()
             missing = await h.client.get("/debug/sessions/acme/nope", headers=ADMIN)
     assert [a["description"] for a in before["pre_link_buffer"]] == ["A"]
-    assert "conv" not in before["state"] and before["next_note_due_at"] is None
-    assert after["state"]["conv"] == "c1"
+    assert "conversation" not in before["state"] and before["next_note_due_at"] is None
+    assert after["state"]["conversation"] == "c1"
     assert after["pre_link_buffer"] == []
     assert [a["description"] for a in after["outbox"]] == ["B"]
     assert after["posted_notes"] == [

@@ -97,7 +97,7 @@ async def test_a_store_refusal_is_503_with_retry_after_and_logged_with_its_cause
 ) -> None:
     # A key of the wrong type makes Redis refuse the script (WRONGTYPE): not an outage, and
     # not the sender's fault either. It must not look like a bug in the bridge (500).
-    await redis_client.set(keys.session_keys("acme", "s1")[0], "not a hash")
+    await redis_client.set(keys.session_keys("acme", "s1").state, "not a hash")
     with capture_logs() as logs:
         r = await h.post_batch("acme", batch("s1", ("A", T0)))
     assert r.status_code == 503, r.text

@@ -180,9 +180,10 @@ async def test_a_note_taken_over_after_a_crash_is_sent_unchanged(
     async with running_app(products=[product], clock=clock, redis_client=redis_client) as h:
         await link(h)
         await h.post_batch("acme", batch("s1", ("A", T0)))
-        (crashed,) = await h.services.store.claim_due(
+        found = await h.services.store.claim_due(
             now=clock.now(), limit=1, lease_s=30, max_note_actions=1000
         )
+        (crashed,) = found.claims
         await h.post_batch("acme", batch("s1", ("B", T0 + 1)))
         clock.advance(31)
         assert await h.deliver() == 2
@@ -204,7 +205,7 @@ async def test_permanent_failure_goes_to_the_dead_letter_list(
             clock.advance(120)
             assert await h.deliver() == 0
     entries = [
-        json.loads(e) for e in await redis_client.lrange(keys.dead_letter_key("acme"), 0, -1)
+        json.loads(e) for e in await redis_client.zrange(keys.dead_letter_key("acme"), 0, -1)
     ]
     assert len(entries) == 1
     assert entries[0]["session_id"] == "s1"
@@ -256,10 +257,10 @@ async def test_a_crashed_delivery_is_finished_after_its_lease(
         await h.post_batch("acme", batch("s1", ("A", T0)))
         await link(h)
         # A process claims the note and dies before posting it.
-        claims = await h.services.store.claim_due(
+        found = await h.services.store.claim_due(
             now=clock.now(), limit=10, lease_s=30, max_note_actions=1000
         )
-        assert len(claims) == 1
+        assert len(found.claims) == 1
         clock.advance(29)
         assert await h.deliver() == 0  # still leased
         clock.advance(2)
@@ -301,13 +302,13 @@ async def test_retries_give_up_into_the_dead_letter_list_after_a_day(
                 clock.advance(61)
             clock.t = first_failure + 24 * 3600 - 1
             assert await h.deliver() == 1
-            assert await redis_client.llen(dead_key) == 0  # still retrying just before 24 h
+            assert await redis_client.zcard(dead_key) == 0  # still retrying just before 24 h
             clock.advance(61)
             assert await h.deliver() == 1
             clock.advance(3600)
             assert await h.deliver() == 0  # given up: nothing left to retry
     assert route.call_count == 12
-    (entry,) = await redis_client.lrange(dead_key, 0, -1)
+    (entry,) = await redis_client.zrange(dead_key, 0, -1)
     letter = json.loads(entry)
     assert letter["attempts"] == 12
     assert letter["first_failure_at"] == first_failure

@@ -28,8 +28,18 @@ def code(name: ScriptName) -> str:
     return _COMMENT.sub("", script_body(name))
 
 
+def _prelude_key_names() -> set[str]:
+    """The key names the prelude's helpers read from the ``K`` table a body hands them."""
+    source = (resources.files("app.store") / "lua" / "_common.lua").read_text(encoding="utf-8")
+    return set(re.findall(r"(?<![\w.])k\.([A-Za-z_]\w*)", _COMMENT.sub("", source)))
+
+
 def used(prefix: str, name: ScriptName) -> set[str]:
-    return set(re.findall(rf"(?<![\w.]){prefix}\.([A-Za-z_]\w*)", code(name)))
+    body = code(name)
+    names = set(re.findall(rf"(?<![\w.]){prefix}\.([A-Za-z_]\w*)", body))
+    if prefix == "K" and re.search(r"\(K\s*[,)]", body):  # K handed to schedule() or next_due()
+        names |= _prelude_key_names()
+    return names
 
 
 def probe(layout: ScriptLayout) -> str:
@@ -112,17 +122,21 @@ def test_a_body_uses_exactly_the_declared_names(name: ScriptName) -> None:
 
 def test_a_call_orders_values_as_declared() -> None:
     call = LAYOUTS["fail"].call(
-        keys={"dead_letters": "d", "due": "q"},
+        keys={k: k.upper() for k in reversed(LAYOUTS["fail"].keys)},
         args={a: a for a in reversed(LAYOUTS["fail"].args)},
         rest=[b"m1", b"m2"],
     )
     assert call.name == "fail"
-    assert call.keys == ["q", "d"]
+    assert call.keys == ["STATE", "PRE", "OUT", "DEAD", "DUE"]
     assert call.args == [*LAYOUTS["fail"].args, b"m1", b"m2"]
 
 
+CLAIM = LAYOUTS["claim_session"]
+CLAIM_KEYS = dict.fromkeys(CLAIM.keys, "k")
+
+
 def _claim_args(**changes: Any) -> dict[str, Any]:
-    args: dict[str, Any] = dict.fromkeys(LAYOUTS["claim"].args, 1)
+    args: dict[str, Any] = dict.fromkeys(CLAIM.args, 1)
     args.update(changes)
     return {k: v for k, v in args.items() if v is not None}
 
@@ -137,27 +151,28 @@ def test_a_missing_key_is_named() -> None:
 
 
 def test_an_unknown_key_is_named() -> None:
-    with pytest.raises(ValueError, match="claim: unknown key 'due_key'"):
-        LAYOUTS["claim"].call(keys={"due": "q", "due_key": "q"}, args=_claim_args())
+    with pytest.raises(ValueError, match="claim_session: unknown key 'due_key'"):
+        CLAIM.call(keys={**CLAIM_KEYS, "due_key": "q"}, args=_claim_args())
 
 
 def test_a_missing_arg_is_named() -> None:
-    with pytest.raises(ValueError, match="claim: missing arg 'lease_ms'"):
-        LAYOUTS["claim"].call(keys={"due": "q"}, args=_claim_args(lease_ms=None))
+    with pytest.raises(ValueError, match="claim_session: missing arg 'lease_ms'"):
+        CLAIM.call(keys=CLAIM_KEYS, args=_claim_args(lease_ms=None))
 
 
 def test_an_unknown_arg_is_named() -> None:
-    with pytest.raises(ValueError, match="claim: unknown arg 'lease_s'"):
-        LAYOUTS["claim"].call(keys={"due": "q"}, args=_claim_args(lease_s=30))
+    with pytest.raises(ValueError, match="claim_session: unknown arg 'lease_s'"):
+        CLAIM.call(keys=CLAIM_KEYS, args=_claim_args(lease_s=30))
 
 
 def test_a_tail_must_match_the_declaration() -> None:
-    with pytest.raises(ValueError, match="claim: takes no variable-length tail"):
-        LAYOUTS["claim"].call(keys={"due": "q"}, args=_claim_args(), rest=[])
+    with pytest.raises(ValueError, match="claim_session: takes no variable-length tail"):
+        CLAIM.call(keys=CLAIM_KEYS, args=_claim_args(), rest=[])
     ack = LAYOUTS["ack"]
+    ack_keys = dict.fromkeys(ack.keys, "k")
     with pytest.raises(ValueError, match="ack: missing tail 'members'"):
-        ack.call(keys={"due": "q"}, args=dict.fromkeys(ack.args, ""))
-    assert ack.call(keys={"due": "q"}, args=dict.fromkeys(ack.args, ""), rest=[]).args == [""] * (
+        ack.call(keys=ack_keys, args=dict.fromkeys(ack.args, ""))
+    assert ack.call(keys=ack_keys, args=dict.fromkeys(ack.args, ""), rest=[]).args == [""] * (
         len(ack.args)
     )
 
@@ -174,4 +189,4 @@ def test_a_layout_rejects_names_lua_cannot_hold(
     keys: tuple[str, ...], args: tuple[str, ...], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        ScriptLayout("claim", keys=keys, args=args)
+        ScriptLayout("claim_session", keys=keys, args=args)

@@ -1,8 +1,23 @@
--- Shared by every script (prepended by app/store/scripts.py). Times are epoch ms.
--- Session state hash fields: conv (linked conversation), flush ("1": at-link flush pending),
--- qf/ql (first/last arrival of queued post-link actions), lease/lease_until/lk/ff (the note in
--- flight: token, expiry, kind, qf at claim), did (delivery id kept across retries), att/fail0/
--- retry_at/err (retry bookkeeping), summary, seq, uid, email, created/updated (epoch seconds).
+-- Shared by every script (prepended by app/store/scripts.py). Times are epoch ms unless a
+-- field says seconds. Every key arrives in KEYS, named by the script's layout (K.<name>);
+-- no script builds a key.
+--
+-- The session state hash (K.state), documented for operators in docs/delivery.md:
+--   conversation, linked_at        the linked conversation and when it was linked
+--   flush                          "1": the pre-link buffer waits for its at-link flush note
+--   queued_since, queued_last      first and last arrival of actions queued after the link
+--   lease, lease_until, lease_kind the note in flight: its lease token, expiry and kind
+--   lease_queued_since             queued_since when that note was claimed
+--   delivery_id, delivery_kind     the note being delivered (kept across its retries)
+--   delivery_seq                   the action counter at its first try (it carries actions up
+--                                  to there)
+--   attempts, failing_since, retry_at, last_error   its retry bookkeeping
+--   summary                        the latest summary, held until posted
+--   seq                            the session's action counter (arrival order)
+--   user_id, email                 the contact, as the last batch named it
+--   fsm, last_interaction_at, cooldown_until, proactive_trigger   the assistance state machine
+--                                  (seconds)
+--   created, updated               epoch seconds
 local unpack = unpack or table.unpack
 
 local function num(v)
@@ -12,11 +27,6 @@ end
 
 local function fmt(x)
   return string.format('%.17g', x)
-end
-
-local function session_keys(member)
-  local p = 'cb:{' .. member .. '}:'
-  return p .. 'state', p .. 'pre', p .. 'out', p
 end
 
 -- Sorted-set add/remove in chunks: Lua's unpack has a stack limit.
@@ -35,24 +45,27 @@ end
 -- Close the note in flight. With restore, its actions count as queued since their first
 -- arrival again (the note was not delivered).
 local function end_flight(st, restore)
-  local f = redis.call('HMGET', st, 'lk', 'ff', 'qf')
+  local f = redis.call('HMGET', st, 'lease_kind', 'lease_queued_since', 'queued_since')
   if restore and f[1] == 'out' and f[2] then
-    local qf = num(f[3])
-    if not qf or tonumber(f[2]) < qf then redis.call('HSET', st, 'qf', f[2]) end
+    local since = num(f[3])
+    if not since or tonumber(f[2]) < since then redis.call('HSET', st, 'queued_since', f[2]) end
   end
-  redis.call('HDEL', st, 'lease', 'lease_until', 'lk', 'ff')
+  redis.call('HDEL', st, 'lease', 'lease_until', 'lease_kind', 'lease_queued_since')
 end
 
--- When the session's next note is due, or nil when it has nothing to post.
--- The at-link flush goes first, then queued actions (debounced, bounded by max wait),
--- then a held summary.
-local function next_due(st, pre, out, now, debounce, max_wait)
-  local s = redis.call('HMGET', st, 'conv', 'flush', 'qf', 'ql', 'retry_at', 'summary')
+-- The scheduling rule, in one place: when the session's next note is due, or nil when it has
+-- nothing to post. A dead letter not yet filed comes first (the worker files it); then the
+-- at-link flush; then queued actions (debounced, bounded by the max wait); then a held summary.
+-- A note waiting for its retry is not due before retry_at.
+local function next_due(k, now, debounce, max_wait)
+  if redis.call('EXISTS', k.dead) == 1 then return now end
+  local s = redis.call('HMGET', k.state, 'conversation', 'flush', 'queued_since', 'queued_last',
+    'retry_at', 'summary')
   if not s[1] then return nil end
   local due = nil
-  if s[2] == '1' and redis.call('ZCARD', pre) > 0 then
+  if s[2] == '1' and redis.call('ZCARD', k.pre) > 0 then
     due = now
-  elseif redis.call('ZCARD', out) > 0 then
+  elseif redis.call('ZCARD', k.out) > 0 then
     due = math.min((num(s[4]) or now) + debounce, (num(s[3]) or now) + max_wait)
   elseif s[6] then
     due = now
@@ -62,16 +75,16 @@ local function next_due(st, pre, out, now, debounce, max_wait)
   return due
 end
 
--- Put the session in the due queue or take it out. A session with a note in flight stays
--- scored at its lease expiry; the ack reschedules it.
-local function schedule(st, pre, out, due_key, member, now, debounce, max_wait)
-  local lease_until = num(redis.call('HGET', st, 'lease_until'))
+-- Put the session in its shard's due queue or take it out. A session with a note in flight
+-- stays scored at its lease expiry; the ack reschedules it. Returns the due time or nil.
+local function schedule(k, member, now, debounce, max_wait)
+  local lease_until = num(redis.call('HGET', k.state, 'lease_until'))
   if lease_until and lease_until > now then return lease_until end
-  local due = next_due(st, pre, out, now, debounce, max_wait)
+  local due = next_due(k, now, debounce, max_wait)
   if due then
-    redis.call('ZADD', due_key, fmt(due), member)
+    redis.call('ZADD', k.due, fmt(due), member)
   else
-    redis.call('ZREM', due_key, member)
+    redis.call('ZREM', k.due, member)
   end
   return due
 end
@@ -89,6 +102,15 @@ local function touch(st, now, ttl_s)
   redis.call('HSETNX', st, 'created', fmt(now / 1000))
   redis.call('HSET', st, 'updated', fmt(now / 1000))
   redis.call('EXPIRE', st, ttl_s)
+end
+
+-- Link the session to a conversation (the pre-link buffer then waits for its flush note).
+local function set_link(k, conv, now, ttl_s)
+  redis.call('HSET', k.state, 'conversation', conv, 'linked_at', fmt(now))
+  if redis.call('ZCARD', k.pre) > 0 then
+    redis.call('HSET', k.state, 'flush', '1')
+    redis.call('EXPIRE', k.pre, ttl_s)
+  end
 end
 
 -- Session FSM, times in epoch seconds. Timeouts are applied whenever the state is
@@ -116,9 +138,8 @@ local function proactive_gate(st, now_s, timeout_s, cooldown_s)
   return true, 'ok'
 end
 
--- A note's delivery: its id (kept across retries, the platform's idempotency key), its kind,
--- the session's action counter when it was first tried (its retries carry exactly the actions
--- queued up to then), and its retry bookkeeping.
+-- Forget the note being delivered: its id, kind, action counter and retry bookkeeping.
 local function forget_delivery(st)
-  redis.call('HDEL', st, 'did', 'dk', 'pin', 'att', 'fail0', 'retry_at', 'err')
+  redis.call('HDEL', st, 'delivery_id', 'delivery_kind', 'delivery_seq', 'attempts',
+    'failing_since', 'retry_at', 'last_error')
 end

@@ -1,15 +1,13 @@
 -- The platform confirmed a note: remove exactly what it carried and schedule what is left.
 -- A confirmed summary replaces the session's earlier action notes: their ids are returned
 -- (and forgotten) for the caller to redact.
--- KEYS and ARGV: K.<name>, A.<name> and REST, declared in LAYOUTS (app/store/scripts.py).
 -- Posted notes are kept as "<a|s>\31<conversation>\31<note id>" (a: actions, s: summary).
-local due_key = K.due
-local now, member, token, kind = tonumber(A.now_ms), A.member, A.token, A.kind
-local note_id, debounce, max_wait = A.note_id, tonumber(A.debounce_ms), tonumber(A.max_wait_ms)
+-- Returns {1, replaced, due} or {0} when the lease was lost.
+local st, pre, out, notes = K.state, K.pre, K.out, K.notes
+local now, kind, note_id = tonumber(A.now_ms), A.kind, A.note_id
 local session_ttl, notes_kept = A.session_ttl_s, tonumber(A.notes_kept)
-local st, pre, out, prefix = session_keys(member)
 -- Another process took the session over after our lease ran out: it owns the work now.
-if redis.call('HGET', st, 'lease') ~= token then return {0} end
+if redis.call('HGET', st, 'lease') ~= A.token then return {0} end
 end_flight(st, false)
 if kind == 'pre' then
   zrem_from(pre, ARGV, REST)
@@ -20,7 +18,6 @@ elseif redis.call('HGET', st, 'summary') == A.summary then
   redis.call('HDEL', st, 'summary')
 end
 forget_delivery(st)
-local notes = prefix .. 'notes'
 local replaced = {}
 if kind == 'summary' then
   for _, entry in ipairs(redis.call('LRANGE', notes, 0, -1)) do
@@ -37,7 +34,7 @@ if note_id ~= '' then
   redis.call('LTRIM', notes, -notes_kept, -1)
   redis.call('EXPIRE', notes, session_ttl)
 end
-if redis.call('ZCARD', out) > 0 then redis.call('HSETNX', st, 'qf', fmt(now)) end
+if redis.call('ZCARD', out) > 0 then redis.call('HSETNX', st, 'queued_since', fmt(now)) end
 touch(st, now, session_ttl)
-schedule(st, pre, out, due_key, member, now, debounce, max_wait)
-return {1, replaced}
+local due = schedule(K, A.member, now, tonumber(A.debounce_ms), tonumber(A.max_wait_ms))
+return {1, replaced, due or -1}

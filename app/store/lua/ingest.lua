@@ -1,15 +1,17 @@
--- Store one session's batch: dedupe, identity index, late link, pre-link window or outbox.
--- KEYS and ARGV: K.<name>, A.<name> and REST, declared in LAYOUTS (app/store/scripts.py).
+-- Store one session's batch: dedupe, record the contact, link when the batch names a
+-- conversation, then the pre-link window or the outbox. The contact's identity index and a
+-- pending conversation live in other slots: the store handles them in steps around this one.
 -- The tail (from REST): (digest score payload) per action.
-local st, pre, out, seen, due_key = K.state, K.pre, K.out, K.seen, K.due
-local now, member, sid = tonumber(A.now_ms), A.member, A.session_id
+local st, pre, out, seen = K.state, K.pre, K.out, K.seen
+local now, member = tonumber(A.now_ms), A.member
 local uid, email, target = A.user_id, A.email, A.conversation_id
 local window, cap = tonumber(A.window_s), tonumber(A.cap)
 local debounce, max_wait = tonumber(A.debounce_ms), tonumber(A.max_wait_ms)
-local session_ttl, buffer_ttl, identity_ttl = A.session_ttl_s, A.buffer_ttl_s, A.identity_ttl_s
+local session_ttl, buffer_ttl = A.session_ttl_s, A.buffer_ttl_s
 
 if replayed(seen, A.replay_field, session_ttl) then
-  return {0, (#ARGV - REST + 1) / 3, redis.call('HGET', st, 'conv') or '', 'replay', 0, 0, -1}
+  return {0, (#ARGV - REST + 1) / 3, redis.call('HGET', st, 'conversation') or '', 'replay',
+    0, 0, -1}
 end
 
 local fresh, duplicates = {}, 0
@@ -22,29 +24,15 @@ for i = REST, #ARGV, 3 do
   end
 end
 redis.call('EXPIRE', seen, session_ttl)
+if uid ~= '' then redis.call('HSET', st, 'user_id', uid) end
+if email ~= '' then redis.call('HSET', st, 'email', email) end
 
-if uid ~= '' then
-  redis.call('SET', K.id_user, sid, 'EX', identity_ttl)
-  redis.call('HSET', st, 'uid', uid)
-end
-if email ~= '' then
-  redis.call('SET', K.id_email, sid, 'EX', identity_ttl)
-  redis.call('HSET', st, 'email', email)
-end
-
--- A batch links an unlinked session when it names a conversation, or when a webhook for
--- this user arrived before any session was known (pending identity).
-local conv = redis.call('HGET', st, 'conv')
+-- A batch that names a conversation links an unlinked session.
+local conv = redis.call('HGET', st, 'conversation')
 local event = ''
-if not conv then
-  if target == '' and uid ~= '' then target = redis.call('GET', K.pending_user) or '' end
-  if target == '' and email ~= '' then target = redis.call('GET', K.pending_email) or '' end
-  if target ~= '' then
-    if uid ~= '' then redis.call('DEL', K.pending_user) end
-    if email ~= '' then redis.call('DEL', K.pending_email) end
-    redis.call('HSET', st, 'conv', target, 'linked_at', fmt(now))
-    conv, event = target, 'new'
-  end
+if not conv and target ~= '' then
+  redis.call('HSET', st, 'conversation', target, 'linked_at', fmt(now))
+  conv, event = target, 'new'
 end
 
 -- Actions that arrive with the link itself belong to the at-link flush.
@@ -69,8 +57,8 @@ if #fresh > 0 then
       dropped_cap = redis.call('ZREMRANGEBYRANK', pre, 0, size - cap - 1)
     end
   else
-    redis.call('HSET', st, 'ql', fmt(now))
-    redis.call('HSETNX', st, 'qf', fmt(now))
+    redis.call('HSET', st, 'queued_last', fmt(now))
+    redis.call('HSETNX', st, 'queued_since', fmt(now))
   end
 end
 
@@ -82,5 +70,5 @@ else
   redis.call('EXPIRE', pre, buffer_ttl)
 end
 touch(st, now, session_ttl)
-local due = schedule(st, pre, out, due_key, member, now, debounce, max_wait)
+local due = schedule(K, member, now, debounce, max_wait)
 return {#fresh, duplicates, conv or '', event, dropped_window, dropped_cap, due or -1}

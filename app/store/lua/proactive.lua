@@ -1,6 +1,5 @@
 -- Enter proactive_assistance if the gate allows it (from thinking, no active cooldown).
 -- A replayed request (its field already in the session's seen hash) changes nothing.
--- KEYS and ARGV: K.<name>, A.<name> and REST, declared in LAYOUTS (app/store/scripts.py).
 local st = K.state
 local now = tonumber(A.now_ms)
 if redis.call('EXISTS', st) == 0 then return {-1, 'unknown_session'} end

@@ -1,17 +1,16 @@
--- Replay one dead letter: take it off the list and queue its actions (or summary) again.
--- Atomic, so two operators replaying at once cannot queue an entry twice.
--- KEYS and ARGV: K.<name>, A.<name> and REST, declared in LAYOUTS (app/store/scripts.py).
--- The tail (from REST): (score payload) per action.
-local dead_key, due_key = K.dead_letters, K.due
-local now, member, entry, summary = tonumber(A.now_ms), A.member, A.entry, A.summary
-local debounce, max_wait = tonumber(A.debounce_ms), tonumber(A.max_wait_ms)
+-- Queue a dead letter's actions (or summary) in its session again. The letter's id is recorded
+-- in the session's seen hash with the effect, so replaying the same letter twice (two
+-- operators, or a retry after a crash before the letter left the product's list) queues it
+-- once. The store removes the letter from the product's list after this step.
+-- The tail (from REST): (score payload) per action. Returns {1 or 0 (already requeued), due}.
+local st, pre, out = K.state, K.pre, K.out
+local now, summary = tonumber(A.now_ms), A.summary
 local session_ttl, buffer_ttl = A.session_ttl_s, A.buffer_ttl_s
-if redis.call('LREM', dead_key, 1, entry) == 0 then return 0 end
-local st, pre, out = session_keys(member)
+if replayed(K.seen, A.replay_field, session_ttl) then return {0, -1} end
 if summary ~= '' then redis.call('HSETNX', st, 'summary', summary) end
 local count = (#ARGV - REST + 1) / 2
 if count > 0 then
-  local conv = redis.call('HGET', st, 'conv')
+  local conv = redis.call('HGET', st, 'conversation')
   local dest = pre
   if conv then dest = out end
   local seq = redis.call('HINCRBY', st, 'seq', count) - count
@@ -23,13 +22,13 @@ if count > 0 then
   end
   zadd_pairs(dest, pairs)
   if conv then
-    redis.call('HSET', st, 'ql', fmt(now))
-    redis.call('HSETNX', st, 'qf', fmt(now))
+    redis.call('HSET', st, 'queued_last', fmt(now))
+    redis.call('HSETNX', st, 'queued_since', fmt(now))
     redis.call('EXPIRE', out, session_ttl)
   else
     redis.call('EXPIRE', pre, buffer_ttl)
   end
 end
 touch(st, now, session_ttl)
-schedule(st, pre, out, due_key, member, now, debounce, max_wait)
-return 1
+local due = schedule(K, A.member, now, tonumber(A.debounce_ms), tonumber(A.max_wait_ms))
+return {1, due or -1}

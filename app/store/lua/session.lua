@@ -1,5 +1,4 @@
 -- Read a session's state with FSM timeouts applied, or nil when the session is unknown.
--- KEYS and ARGV: K.<name>, A.<name> and REST, declared in LAYOUTS (app/store/scripts.py).
 local st, pre, out = K.state, K.pre, K.out
 if redis.call('EXISTS', st) == 0 then return false end
 local allowed, reason = proactive_gate(st, tonumber(A.now_ms) / 1000,
