@@ -184,6 +184,26 @@ def redis_cluster_url() -> Iterator[str]:
         yield cluster.url
 
 
+TOPOLOGIES = ("standalone", "cluster")
+
+
+@pytest.fixture(params=TOPOLOGIES)
+async def topology_client(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[aioredis.Redis | aioredis.RedisCluster]:
+    """An empty Redis of each topology in turn: the standalone server, then the cluster (one
+    each per test session, flushed before every test)."""
+    client: aioredis.Redis | aioredis.RedisCluster
+    if request.param == "standalone":
+        client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+        await client.flushdb()
+    else:
+        client = aioredis.RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"))
+        await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture
 async def cluster_client(redis_cluster_url: str) -> AsyncIterator[aioredis.RedisCluster]:
     """A cluster client on an empty cluster (FLUSHALL on every primary first), closed after."""
@@ -193,3 +213,16 @@ async def cluster_client(redis_cluster_url: str) -> AsyncIterator[aioredis.Redis
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def failover_cluster() -> Iterator[Any]:
+    """A cluster of its own for tests that kill nodes: 3 primaries with one replica each.
+    A test that kills a primary restarts it (it rejoins as a replica) before it ends."""
+    from tests.cluster import LocalRedisCluster
+
+    skip_or_fail_without_cluster_binaries("to start, kill and restart cluster nodes")
+    started = time.monotonic()
+    with LocalRedisCluster.start(primaries=3, replicas=1) as cluster:
+        print(f"3+3 cluster started in {time.monotonic() - started:.2f}s")
+        yield cluster

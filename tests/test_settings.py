@@ -105,3 +105,40 @@ def test_serve_hands_the_limits_to_uvicorn(monkeypatch: pytest.MonkeyPatch) -> N
     assert config.access_log is False
     assert isinstance(config.http, type)
     assert (config.http.max_header_bytes, config.http.header_read_timeout_s) == (8192, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "BRIDGE_REDIS_CLUSTER",
+            "true",
+            "environment: BRIDGE_REDIS_CLUSTER needs BRIDGE_REDIS_URL (any cluster node)",
+        ),
+        (
+            "BRIDGE_REDIS_WAIT_REPLICAS",
+            "1",
+            "environment: BRIDGE_REDIS_WAIT_REPLICAS needs BRIDGE_REDIS_URL",
+        ),
+    ],
+)
+def test_cluster_and_replica_waits_need_a_real_redis(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert settings_problems(info.value) == [message]
+    monkeypatch.setenv("BRIDGE_REDIS_URL", "redis://10.0.0.7:6379")
+    settings = Settings()
+    assert (settings.redis_cluster, settings.redis_wait_replicas) in [(True, 0), (False, 1)]
+
+
+def test_a_negative_replica_wait_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_REDIS_URL", "redis://10.0.0.7:6379")
+    monkeypatch.setenv("BRIDGE_REDIS_WAIT_REPLICAS", "-1")
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert settings_problems(info.value) == [
+        "BRIDGE_REDIS_WAIT_REPLICAS: Input should be greater than or equal to 0"
+    ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -271,16 +271,32 @@ def _translated(exc: BaseException) -> Exception:
     return StoreError(str(exc) or type(exc).__name__)
 
 
-def _no_step(step: str) -> None:
+# What redis-py's cluster client can raise when a connection is torn down under a command (it
+# closes every connection while it re-reads the slot map after a failover, and a command in
+# flight on another task then meets a closed transport): the node is going away, so the store
+# is unavailable for now, exactly as for a connection error.
+_TORN_DOWN = (RuntimeError, AttributeError)
+
+
+async def _network(call: Awaitable[Any]) -> Any:
+    """Await a redis-py call; its failures while a connection is torn down are unavailability."""
+    try:
+        return await call
+    except _TORN_DOWN as exc:
+        raise StoreUnavailable(f"connection torn down: {type(exc).__name__}: {exc}") from exc
+
+
+async def _no_step(step: str) -> None:
     pass
 
 
 class RedisStore:
     """The session store. Methods take ``now`` (epoch seconds) so callers own the clock.
 
-    ``wait_replicas``: writes that answer a client (ingest, links, summaries, replays) return
-    only after that many replicas confirmed them (``WAIT``), so a failover cannot lose what the
-    service acknowledged. ``shebang``: run the scripts in Redis 7's strict mode (every key
+    ``wait_replicas``: writes return only after that many replicas confirmed them (``WAIT``),
+    so a failover cannot lose what the service acknowledged (ingest, links, summaries, replays),
+    nor a claim or a note's acknowledgement (losing one would post the note again).
+    ``shebang``: run the scripts in Redis 7's strict mode (every key
     declared); by default on, except on the embedded store, which does not support it.
     """
 
@@ -291,7 +307,7 @@ class RedisStore:
         wait_replicas: int = 0,
         wait_timeout_s: float = 1.0,
         shebang: bool | None = None,
-        after_step: Callable[[str], None] = _no_step,
+        after_step: Callable[[str], Awaitable[None]] = _no_step,
     ) -> None:
         self._redis = client
         self._cluster = isinstance(client, redis.RedisCluster)
@@ -318,7 +334,7 @@ class RedisStore:
         if not self._cluster:
             return [None]
         cluster: redis.RedisCluster = self._redis  # type: ignore[assignment]
-        await cluster.initialize()
+        await _network(cluster.initialize())
         nodes: dict[str, Any] = {}
         for op in ops:
             node = cluster.get_node_from_key(op.keys[0] if isinstance(op, ScriptCall) else op.key)
@@ -330,10 +346,13 @@ class RedisStore:
         """A single op without a pipeline (the common case); its error is its result."""
         try:
             if isinstance(op, Plain):
-                return await getattr(self._redis, op.method)(*op.args, **op.kwargs)
+                method = getattr(self._redis, op.method)
+                return await _network(method(*op.args, **op.kwargs))
             script = self._scripts[op.name]
             head = ("EVALSHA", script.sha) if by_sha else ("EVAL", script.source)
-            return await self._redis.execute_command(*head, len(op.keys), *op.keys, *op.args)
+            return await _network(
+                self._redis.execute_command(*head, len(op.keys), *op.keys, *op.args)
+            )
         except ResponseError as exc:
             return exc
 
@@ -349,7 +368,7 @@ class RedisStore:
             # on one connection, in order): WAIT counts exactly those writes.
             extra = {} if node is None else {"target_nodes": node}
             pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms, **extra)
-        results = list(await pipe.execute(raise_on_error=False))
+        results = list(await _network(pipe.execute(raise_on_error=False)))
         for confirmed in results[len(ops) :]:
             if isinstance(confirmed, BaseException):
                 raise confirmed
@@ -391,7 +410,7 @@ class RedisStore:
     async def _read(self, coro: Any) -> Any:
         """Await one plain Redis call, translating its failure."""
         try:
-            return await coro
+            return await _network(coro)
         except (RedisError, RedisClusterException, OSError) as exc:
             raise _translated(exc) from exc
 
@@ -404,7 +423,7 @@ class RedisStore:
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
-        except (RedisError, RedisClusterException, OSError):
+        except (RedisError, RedisClusterException, OSError, *_TORN_DOWN):
             return False
 
     # -- intake -----------------------------------------------------------------------------
@@ -440,7 +459,7 @@ class RedisStore:
             else _summary_outcome(p, keys.shard_of(product.id, p.sid), r)
             for p, r in zip(payloads, results[: len(ops)], strict=True)
         ]
-        self._after_step("ingest.stored")
+        await self._after_step("ingest.stored")
         return await self._link_pending(product, payloads, outcomes, now=now)
 
     def _identity_writes(
@@ -467,7 +486,9 @@ class RedisStore:
         webhook left for their contact."""
         waiting: list[tuple[int, list[str]]] = []
         for i, (p, outcome) in enumerate(zip(payloads, outcomes, strict=True)):
-            if isinstance(p, ActionsPayload) and not outcome.linked:
+            # A replay looks again even when linked: its first try may have crashed between
+            # the link and forgetting the pending conversation.
+            if isinstance(p, ActionsPayload) and (not outcome.linked or outcome.replayed):
                 pending = _contact_keys(keys.pending_key, product.id, *_contact(p))
                 if pending:
                     waiting.append((i, pending))
@@ -475,12 +496,16 @@ class RedisStore:
             return outcomes
         reads = [Plain("get", (key,)) for _, pending in waiting for key in pending]
         values = dict(zip((op.key for op in reads), await self._send(reads), strict=True))
-        self._after_step("ingest.pending_read")
+        await self._after_step("ingest.pending_read")
         for i, pending in waiting:
             conversation = next(
                 (c for key in pending if (c := _pending_conversation(values[key]))), None
             )
             if conversation is None:
+                continue
+            if outcomes[i].linked:  # a replay: finish the interrupted flow, link nothing
+                if outcomes[i].conversation_id == conversation:
+                    await self._forget_pending(pending, conversation)
                 continue
             link = await self.link(
                 product,
@@ -489,9 +514,9 @@ class RedisStore:
                 event=LinkEvent.NEW,
                 now=now,
             )
-            self._after_step("ingest.linked")
+            await self._after_step("ingest.linked")
             await self._forget_pending(pending, conversation)
-            self._after_step("ingest.pending_forgotten")
+            await self._after_step("ingest.pending_forgotten")
             if link.status != "duplicate":
                 outcomes[i] = replace(
                     outcomes[i],
@@ -634,13 +659,13 @@ class RedisStore:
             for key in pending
         ]
         before = await self._send(writes, durable=True)
-        self._after_step("webhook.pending_written")
+        await self._after_step("webhook.pending_written")
         reads = [
             Plain("get", (key,))
             for key in _contact_keys(keys.identity_key, product.id, user_id, email)
         ]
         session_id = next((_text(s) for s in await self._send(reads) if s), None)
-        self._after_step("webhook.identity_read")
+        await self._after_step("webhook.identity_read")
         if session_id is None:
             redelivered = bool(delivery_id) and all(old == value for old in before)
             return ContactLink("duplicate" if redelivered else "pending")
@@ -653,7 +678,7 @@ class RedisStore:
             user_message=True,
             delivery_id=delivery_id,
         )
-        self._after_step("webhook.linked")
+        await self._after_step("webhook.linked")
         await self._forget_pending(pending, conversation_id)
         return ContactLink("session", session_id, outcome)
 
@@ -730,13 +755,20 @@ class RedisStore:
                 )
             )
         claims: list[Claim] = []
-        for (product_id, session_id), row in zip(sessions, await self._send(calls), strict=True):
+        filed_only: list[bytes] = []
+        for member, (product_id, session_id), row in zip(
+            members, sessions, await self._send(calls, durable=True), strict=True
+        ):
             if not row:
                 continue
             if row[9]:
                 await self._file_dead_letters(product_id, session_id, row[9])
             if row[0]:
                 claims.append(self._claim(product_id, session_id, row))
+            else:
+                filed_only.append(member)
+        if filed_only:  # with the letters filed, claim (or unschedule) those sessions now
+            claims += await self._claim_sessions(filed_only, now_ms, lease_ms, max_note_actions)
         return claims
 
     @staticmethod
@@ -776,7 +808,7 @@ class RedisStore:
             },
             rest=claim.members,
         )
-        result = await self.run(call)
+        result = await self.run(call, durable=True)
         if not int(result[0]):
             return AckOutcome(False, [])
         return AckOutcome(True, [PostedNote.parse(e) for e in result[1]], _due(int(result[2])))
@@ -832,11 +864,11 @@ class RedisStore:
             },
             rest=claim.members,
         )
-        result = await self.run(call)
+        result = await self.run(call, durable=True)
         if not int(result[0]):
             return False, None
         if mode == "dead":
-            self._after_step("dead.recorded")
+            await self._after_step("dead.recorded")
             await self._file_dead_letters(product.id, claim.session_id, [entry.encode()])
         return True, _due(int(result[1]))
 
@@ -854,7 +886,7 @@ class RedisStore:
                 Plain("expire", (dead_key, keys.DEAD_LETTER_TTL_S)),
             ]
         )
-        self._after_step("dead.filed")
+        await self._after_step("dead.filed")
         session_dead = keys.session_keys(product_id, session_id).dead
         await self._send([Plain("hdel", (session_dead, *(str(x["id"]) for x in letters)))])
 
@@ -959,7 +991,7 @@ class RedisStore:
         if not entries:
             return 0
         await self._send([self._requeue_call(product, e, now) for e in entries], durable=True)
-        self._after_step("requeue.queued")
+        await self._after_step("requeue.queued")
         removed = await self._send([Plain("zrem", (dead_key, e)) for e in entries])
         return sum(int(r) for r in removed)
 

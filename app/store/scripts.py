@@ -228,9 +228,9 @@ def script_body(name: ScriptName) -> str:
 
 def load_scripts(*, shebang: bool = True) -> dict[ScriptName, Script]:
     """Every script with the prelude and its generated header. ``shebang`` starts each with
-    ``#!lua``: Redis (7.0 and later) then refuses any key the script did not declare in
-    ``KEYS``, every time, instead of only when the key happens to live on another cluster node.
-    The embedded store's Lua does not understand the line, so it runs without it."""
+    ``#!lua`` (Redis 7.0 and later): a cluster node then refuses any key the script did not
+    declare in ``KEYS``, every time, instead of only when the key happens to live on another
+    node. The embedded store's Lua does not understand the line, so it runs without it."""
     prelude = _lua("_common.lua")
     first = "#!lua\n" if shebang else ""
     return {

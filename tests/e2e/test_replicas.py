@@ -1,4 +1,5 @@
-"""Two service processes on one Redis, with every request going to either of them.
+"""Two service processes on one Redis (a server, then a cluster), with every request going to
+either of them.
 
 Each session sends a few batches before its link, a signed link webhook, then more batches, all
 spread over both replicas by a small thread pool. Every action must reach the bot in exactly one
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 
+from app.store import keys
 from tests.conftest import HTTP_SECRET, INGEST_TOKEN, WEBHOOK_SECRET
 from tests.e2e.service import Bridge, bridge
 from tests.fakes.bot import Attempt, FakeBot
@@ -152,24 +155,57 @@ def assert_session_order(plan: SessionPlan, notes: list[Attempt]) -> None:
     assert all(n.payload["conversation_id"] == plan.conversation_id for n in notes)
 
 
+@dataclass
+class Store:
+    url: str
+    env: dict[str, str]
+    cluster: redis.RedisCluster | None = None
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """The replicas' Redis: the session's standalone server, or its 3-primary cluster."""
+    if request.param == "standalone":
+        yield Store(request.getfixturevalue("clean_redis"), {})
+        return
+    url = request.getfixturevalue("redis_cluster_url")
+    client = redis.RedisCluster.from_url(url)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    try:
+        yield Store(url, {"BRIDGE_REDIS_CLUSTER": "true"}, client)
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def replicas(clean_redis: str, bot: FakeBot, tmp_path: Path) -> Iterator[list[Bridge]]:
+def replicas(store: Store, bot: FakeBot, tmp_path: Path) -> Iterator[list[Bridge]]:
     products_file = tmp_path / "products.toml"
     products_file.write_text(PRODUCTS.format(url=bot.url))
+    common = {"redis_url": store.url, "products_file": products_file, **store.env}
     with (
-        bridge(
-            redis_url=clean_redis, products_file=products_file, log_path=tmp_path / "a.log"
-        ) as a,
-        bridge(
-            redis_url=clean_redis, products_file=products_file, log_path=tmp_path / "b.log"
-        ) as b,
+        bridge(log_path=tmp_path / "a.log", **common) as a,  # type: ignore[arg-type]
+        bridge(log_path=tmp_path / "b.log", **common) as b,  # type: ignore[arg-type]
     ):
         yield [a, b]
 
 
+def assert_sessions_on_every_primary(cluster: redis.RedisCluster, plans: list[SessionPlan]) -> None:
+    """The sessions' keys spread over every primary, and over many of the 64 shards."""
+    holders = Counter()
+    for plan in plans:
+        state = keys.session_keys(PRODUCT, plan.session_id).state
+        node = cluster.get_node_from_key(state)
+        assert cluster.exists(state), plan.session_id
+        holders[node.name] += 1
+    primaries = {node.name for node in cluster.get_primaries()}
+    assert set(holders) == primaries, holders
+    shards = {keys.shard_of(PRODUCT, plan.session_id) for plan in plans}
+    assert len(shards) >= len(plans) // 2
+
+
 @pytest.mark.timeout(90)
 def test_two_replicas_deliver_every_action_once_and_in_order(
-    replicas: list[Bridge], bot: FakeBot
+    replicas: list[Bridge], bot: FakeBot, store: Store
 ) -> None:
     rng = random.Random(SEED)
     plans = plan_sessions(rng)
@@ -191,3 +227,5 @@ def test_two_replicas_deliver_every_action_once_and_in_order(
     assert set(grouped) == {p.session_id for p in plans}
     for plan in plans:
         assert_session_order(plan, grouped[plan.session_id])
+    if store.cluster is not None:
+        assert_sessions_on_every_primary(store.cluster, plans)

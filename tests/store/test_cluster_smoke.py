@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,7 +17,6 @@ from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import ClusterCrossSlotError, RedisClusterException, ResponseError
 
 from tests.cluster import SLOTS, LocalRedisCluster
-from tests.conftest import skip_or_fail_without_cluster_binaries
 
 RedisCluster = aioredis.RedisCluster
 SET_BOTH = "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1]); return 1"
@@ -126,15 +125,6 @@ async def test_every_primary_is_empty_when_a_test_starts(
 
 
 # -- failover: a cluster of its own, 3 primaries with one replica each -------------------------
-
-
-@pytest.fixture(scope="module")
-def failover_cluster() -> Iterator[LocalRedisCluster]:
-    skip_or_fail_without_cluster_binaries("to start, kill and restart cluster nodes")
-    started = time.monotonic()
-    with LocalRedisCluster.start(primaries=3, replicas=1) as cluster:
-        print(f"3+3 cluster started in {time.monotonic() - started:.2f}s")
-        yield cluster
 
 
 def client_for(addresses: list[str]) -> RedisCluster:

@@ -19,6 +19,14 @@ T0 = 1_700_000_000.0
 PRODUCT = make_product()
 
 
+@pytest.fixture
+def redis_client(
+    topology_client: aioredis.Redis | aioredis.RedisCluster,
+) -> aioredis.Redis | aioredis.RedisCluster:
+    """Every test here runs on standalone Redis and on a Redis Cluster."""
+    return topology_client
+
+
 def actions(session_id: str, *items: tuple[str, float], **fields: object) -> list[ActionsPayload]:
     body = json.dumps(batch(session_id, *items, **fields)).encode()
     payloads = parse_ingest(body, Intake(received_at=T0))
