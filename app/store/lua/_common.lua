@@ -53,25 +53,32 @@ local function end_flight(st, restore)
   redis.call('HDEL', st, 'lease', 'lease_until', 'lease_kind', 'lease_queued_since')
 end
 
--- The scheduling rule, in one place: when the session's next note is due, or nil when it has
--- nothing to post. A dead letter not yet filed comes first (the worker files it); then the
--- at-link flush; then queued actions (debounced, bounded by the max wait); then a held summary.
--- A note waiting for its retry is not due before retry_at.
-local function next_due(k, now, debounce, max_wait)
-  if redis.call('EXISTS', k.dead) == 1 then return now end
+-- The scheduling rule, in one place: what the session's next note is and when it is due, or
+-- nil when it has nothing to post. A dead letter not yet filed comes first (the worker files
+-- it); then the at-link flush; then queued actions (debounced, bounded by the max wait); then a
+-- held summary. A note waiting for its retry is not due before retry_at.
+-- Returns kind ('dead', 'pre', 'out', 'summary' or nil) and the due time.
+local function next_note(k, now, debounce, max_wait)
+  if redis.call('EXISTS', k.dead) == 1 then return 'dead', now end
   local s = redis.call('HMGET', k.state, 'conversation', 'flush', 'queued_since', 'queued_last',
     'retry_at', 'summary')
-  if not s[1] then return nil end
-  local due = nil
+  if not s[1] then return nil, nil end
+  local kind, due = nil, nil
   if s[2] == '1' and redis.call('ZCARD', k.pre) > 0 then
-    due = now
+    kind, due = 'pre', now
   elseif redis.call('ZCARD', k.out) > 0 then
+    kind = 'out'
     due = math.min((num(s[4]) or now) + debounce, (num(s[3]) or now) + max_wait)
   elseif s[6] then
-    due = now
+    kind, due = 'summary', now
   end
   local retry_at = num(s[5])
   if due and retry_at and retry_at > due then due = retry_at end
+  return kind, due
+end
+
+local function next_due(k, now, debounce, max_wait)
+  local _, due = next_note(k, now, debounce, max_wait)
   return due
 end
 

@@ -41,10 +41,11 @@ end_flight(st, true)
 local f = redis.call('HMGET', st, 'conversation', 'flush', 'summary', 'delivery_id',
   'delivery_kind', 'delivery_seq', 'attempts', 'failing_since', 'queued_since', 'linked_at',
   'seq', 'retry_at')
-local conv, flush, summary, did, dkind, dseq = f[1], f[2], f[3], f[4], f[5], f[6]
+local conv, summary, did, dkind, dseq = f[1], f[3], f[4], f[5], f[6]
 local attempts, failing_since, retry_at = f[7], f[8], num(f[12])
 
--- The scheduling rule's order (next_due in _common.lua); a note being retried keeps its kind.
+-- What to post is the scheduling rule's choice (next_note in _common.lua), except that a note
+-- being retried keeps its kind. Its debounce has run out: the session was due.
 local kind = nil
 if conv and not (retry_at and retry_at > now) then
   if did and not has_content(dkind) then
@@ -53,12 +54,9 @@ if conv and not (retry_at and retry_at > now) then
   end
   if did then
     kind = dkind
-  elseif flush == '1' and redis.call('ZCARD', pre) > 0 then
-    kind = 'pre'
-  elseif redis.call('ZCARD', out) > 0 then
-    kind = 'out'
-  elseif summary then
-    kind = 'summary'
+  else
+    kind = next_note(K, now, 0, 0)
+    if kind == 'dead' then kind = nil end
   end
 end
 
