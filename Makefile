@@ -56,11 +56,11 @@ format: install
 	$(VENV)/bin/ruff check --fix app tests bench
 
 chaos: install
-	scripts/ensure-tools redis-server:redis-server
+	scripts/ensure-tools redis-server:redis-server redis-cli:redis-tools
 	$(PY) bench/chaos.py
 
 bench: install
-	scripts/ensure-tools redis-server:redis-server wrk:wrk
+	scripts/ensure-tools redis-server:redis-server redis-cli:redis-tools wrk:wrk
 	$(PY) bench/bench.py
 
 clean:
