@@ -37,7 +37,11 @@ FORBIDDEN = {
     "a section reference nobody can look up": re.compile("\u00a7" + r"\s*\d"),
 }
 # BRIDGE_* names the test suite reads (tests/conftest.py); they are not service settings.
-TEST_ONLY_VARIABLES = {"BRIDGE_TEST_REDIS_URL", "BRIDGE_REQUIRE_REDIS"}
+TEST_ONLY_VARIABLES = {
+    "BRIDGE_TEST_REDIS_URL",
+    "BRIDGE_TEST_REDIS_CLUSTER_URL",
+    "BRIDGE_REQUIRE_REDIS",
+}
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
