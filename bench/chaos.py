@@ -1,12 +1,21 @@
 """Fault-injection run (docs/reliability.md): is every accepted action delivered, dead-lettered or
-dropped by policy, while the service is SIGKILLed, the bot fails and Redis restarts?
+dropped by policy, while the service is SIGKILLed, the bot fails and Redis restarts or loses a
+cluster primary?
 
-It starts its own redis-server (append-only, fsync always), the fake bot and the service
-(``python -m app serve``), sends a few hundred sessions of traffic the way a real sender does
-(retrying 503s and connection errors), injects the faults, waits for the queue to drain, then
-compares every accepted action with the notes the bot received. Exit code 1 when one was lost.
+It starts its own Redis, the fake bot and the service (``python -m app serve``), sends a few
+hundred sessions of traffic the way a real sender does (retrying 503s and connection errors),
+injects the faults, waits for the queue to drain, then compares every accepted action with the
+notes the bot received. Two topologies, run one after the other by default:
 
-    .venv/bin/python bench/chaos.py [--duration 60] [--sessions 300] [--seed 1]
+- ``standalone``: one redis-server (append-only, fsync always), restarted once;
+- ``cluster``: a Redis Cluster of 3 primaries and 3 replicas (tests/cluster.py), the service with
+  ``BRIDGE_REDIS_CLUSTER=true`` and ``BRIDGE_REDIS_WAIT_REPLICAS=1``; one primary is SIGKILLed,
+  its replica promoted, and the dead node restarted (it rejoins as a replica).
+
+Exit code 1 when an action was lost (or the queue did not drain) in any of them.
+
+    .venv/bin/python bench/chaos.py [--topology both|standalone|cluster] [--cluster]
+        [--duration 60] [--sessions 300] [--seed 1]
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import httpx
 import redis
 
 from app.store import keys
+from tests.cluster import LocalRedisCluster, cluster_nodes, slot_of
 from tests.conftest import HTTP_SECRET, INGEST_TOKEN, WEBHOOK_SECRET, free_port, start_redis_server
 from tests.e2e.service import Bridge, bridge
 from tests.fakes.bot import Attempt, FakeBot, running_bot
@@ -44,7 +54,12 @@ from tests.harness import signed_webhook
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = "chaos"
-RESULTS_FILE = REPO_ROOT / "bench" / "results" / "chaos-latest.json"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+RESULTS_FILES = {
+    "standalone": RESULTS_DIR / "chaos-latest.json",
+    "cluster": RESULTS_DIR / "chaos-cluster-latest.json",
+}
+TOPOLOGIES = ("standalone", "cluster")
 PRODUCTS_TOML = f"""
 [products.{PRODUCT}]
 platform = "http"
@@ -69,6 +84,12 @@ BOT_FAILURE_S = 15.0
 THROTTLED_POSTS = 5
 THROTTLE_RETRY_AFTER_S = 2
 REDIS_DOWN_S = 2.0  # about what a real Redis restart takes (a container, a failover)
+# The cluster variant: 3 primaries with a replica each; a primary silent for the node timeout
+# is failed over to its replica (about node timeout + 1-2 s).
+CLUSTER_PRIMARIES = 3
+CLUSTER_NODE_TIMEOUT_MS = 2000
+CLUSTER_WAIT_S = 60.0  # at most, for the failover and for the restarted node to rejoin
+CLUSTER_ENV = {"BRIDGE_REDIS_CLUSTER": "true", "BRIDGE_REDIS_WAIT_REPLICAS": "1"}
 # A note the bot accepted this close to a crash may not have been acknowledged in Redis: the
 # next process posts it again (at-least-once delivery).
 CRASH_SLACK_S = 2.0
@@ -109,14 +130,88 @@ class RedisProcess:
         time.sleep(down_s)
         self.start()
 
+    def describe(self) -> str:
+        return f"redis :{self.port} (appendonly, fsync always)"
+
+
+class RedisClusterProcess:
+    """A Redis Cluster of child processes (tests/cluster.py) and a cluster client for the
+    accounting: it follows the slot map through a failover, as the service's client does."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self._cluster: LocalRedisCluster | None = None
+        self._client: redis.RedisCluster | None = None
+        self.started_in_s = 0.0
+
+    def start(self) -> None:
+        begun = time.monotonic()
+        self._cluster = LocalRedisCluster.start(
+            primaries=CLUSTER_PRIMARIES, replicas=1, node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS
+        )
+        self.started_in_s = time.monotonic() - begun
+        self._client = redis.RedisCluster.from_url(
+            self._cluster.url, socket_timeout=5, socket_connect_timeout=2
+        )
+
+    @property
+    def cluster(self) -> LocalRedisCluster:
+        assert self._cluster is not None, "the cluster is not started"
+        return self._cluster
+
+    @property
+    def client(self) -> redis.RedisCluster:
+        assert self._client is not None, "the cluster is not started"
+        return self._client
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    def stop(self) -> None:
+        """Stop every node; their log tails stay in the work dir (kept when the run fails)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            (self._workdir / "cluster-nodes.log").write_text(self._cluster.logs() + "\n")
+            self._cluster.stop()
+            self._cluster = None
+
+    def describe(self) -> str:
+        nodes = len(self.cluster.live_addresses)
+        took = self.started_in_s
+        return f"redis cluster of {nodes} nodes ({CLUSTER_PRIMARIES} primaries) in {took:.1f} s"
+
+    def shards_served_by(self, address: str) -> set[int]:
+        """The shards whose hash slot ``address`` serves, as that node sees the slot map."""
+        views = cluster_nodes(int(address.rsplit(":", 1)[1]))
+        slots = [v for v in views if v.address == address and v.is_primary]
+        return {
+            k
+            for k in range(keys.SHARDS)
+            if any(v.serves(slot_of(keys.due_key(k))) for v in slots)
+        }
+
+
+Store = RedisProcess | RedisClusterProcess
+
 
 class ServiceProcess:
     """The service as a subprocess (tests/e2e/service.py); SIGKILL and start it again."""
 
-    def __init__(self, *, redis_url: str, products_file: Path, log_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        products_file: Path,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self._redis_url = redis_url
         self._products_file = products_file
         self._log_dir = log_dir
+        self._env = env or {}
         self._stack: contextlib.ExitStack | None = None
         self._bridge: Bridge | None = None
         self.incarnation = 0
@@ -128,7 +223,12 @@ class ServiceProcess:
         stack = contextlib.ExitStack()
         log_path = self._log_dir / f"service-{self.incarnation}.log"
         self._bridge = stack.enter_context(
-            bridge(redis_url=self._redis_url, products_file=self._products_file, log_path=log_path)
+            bridge(
+                redis_url=self._redis_url,
+                products_file=self._products_file,
+                log_path=log_path,
+                **self._env,
+            )
         )
         self._stack = stack
         self.url = str(self._bridge.client.base_url).rstrip("/")

@@ -667,7 +667,7 @@ class RedisStore:
         session_id = next((_text(s) for s in await self._send(reads) if s), None)
         await self._after_step("webhook.identity_read")
         if session_id is None:
-            redelivered = bool(delivery_id) and all(old == value for old in before)
+            redelivered = bool(delivery_id and before) and all(old == value for old in before)
             return ContactLink("duplicate" if redelivered else "pending")
         outcome = await self.link(
             product,
