@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 import redis.asyncio as redis
+import structlog
 from redis.exceptions import (
     ClusterError,
     NoScriptError,
@@ -32,6 +33,8 @@ from app.products import ProductConfig
 from app.store import keys
 from app.store.codec import StoredAction, action_digest, encode_action, in_arrival_order
 from app.store.scripts import LAYOUTS, Script, ScriptCall, ScriptName, load_scripts
+
+log = structlog.get_logger(__name__)
 
 NoteSource = Literal["pre", "out", "summary"]
 FailMode = Literal["retry", "dead", "gone"]
@@ -63,6 +66,9 @@ class Plain(NamedTuple):
 
 
 Op: TypeAlias = "ScriptCall | Plain"
+# Replica confirmation of a write: none; waited for but not required (the worker's own writes:
+# failing them would strand a claimed note until its lease runs out); required (a 2xx).
+Wait = Literal["no", "try", "must"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,9 +299,11 @@ async def _no_step(step: str) -> None:
 class RedisStore:
     """The session store. Methods take ``now`` (epoch seconds) so callers own the clock.
 
-    ``wait_replicas``: writes return only after that many replicas confirmed them (``WAIT``),
-    so a failover cannot lose what the service acknowledged (ingest, links, summaries, replays),
-    nor a claim or a note's acknowledgement (losing one would post the note again).
+    ``wait_replicas``: writes that answer a client (ingest, links, summaries, replays) return
+    only after that many replicas confirmed them (``WAIT``), so a failover cannot lose what the
+    service acknowledged. The worker's claims and acknowledgements wait too (so a failover
+    rarely posts a note twice) but go on when fewer replicas confirm: failing a claim whose
+    lease is already written would hold its note back until the lease runs out.
     ``shebang``: run the scripts in Redis 7's strict mode (every key
     declared); by default on, except on the embedded store, which does not support it.
     """
@@ -356,8 +364,8 @@ class RedisStore:
         except ResponseError as exc:
             return exc
 
-    async def _pipeline(self, ops: Sequence[Op], *, by_sha: bool, durable: bool) -> list[Any]:
-        waits = await self._wait_targets(ops) if durable and self._wait_replicas else []
+    async def _pipeline(self, ops: Sequence[Op], *, by_sha: bool, wait: Wait) -> list[Any]:
+        waits = await self._wait_targets(ops) if wait != "no" and self._wait_replicas else []
         if len(ops) == 1 and not waits:
             return [await self._one(ops[0], by_sha=by_sha)]
         pipe = self._redis.pipeline(transaction=False)
@@ -373,23 +381,24 @@ class RedisStore:
             if isinstance(confirmed, BaseException):
                 raise confirmed
             if int(confirmed) < self._wait_replicas:
-                raise StoreUnavailable(
-                    f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time"
-                )
+                shortfall = f"{confirmed} of {self._wait_replicas} replicas confirmed the write"
+                if wait == "must":
+                    raise StoreUnavailable(shortfall + " in time")
+                log.warning("store_write_unconfirmed", detail=shortfall)
         return results[: len(ops)]
 
-    async def _send(self, ops: Sequence[Op], *, durable: bool = False) -> list[Any]:
+    async def _send(self, ops: Sequence[Op], *, wait: Wait = "no") -> list[Any]:
         """Run ops in one round trip per node (each script atomic) and return their results.
         A node that lost the scripts (a restart, a promoted replica) answers NOSCRIPT: only
-        those calls run again, by source. ``durable``: see the class docstring."""
+        those calls run again, by source. ``wait``: for replicas, see the class docstring."""
         if not ops:
             return []
         try:
-            results = await self._pipeline(ops, by_sha=True, durable=durable)
+            results = await self._pipeline(ops, by_sha=True, wait=wait)
             missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
             if missing:
                 again = [ops[i] for i in missing]
-                redone = await self._pipeline(again, by_sha=False, durable=durable)
+                redone = await self._pipeline(again, by_sha=False, wait=wait)
                 for i, result in zip(missing, redone, strict=True):
                     results[i] = result
         except StoreUnavailable:
@@ -401,11 +410,11 @@ class RedisStore:
                 raise _translated(result) from result
         return results
 
-    async def run_many(self, calls: Sequence[ScriptCall], *, durable: bool = False) -> list[Any]:
-        return await self._send(calls, durable=durable)
+    async def run_many(self, calls: Sequence[ScriptCall], *, wait: Wait = "no") -> list[Any]:
+        return await self._send(calls, wait=wait)
 
-    async def run(self, call: ScriptCall, *, durable: bool = False) -> Any:
-        return (await self._send([call], durable=durable))[0]
+    async def run(self, call: ScriptCall, *, wait: Wait = "no") -> Any:
+        return (await self._send([call], wait=wait))[0]
 
     async def _read(self, coro: Any) -> Any:
         """Await one plain Redis call, translating its failure."""
@@ -452,7 +461,7 @@ class RedisStore:
             else:
                 ops.append(self._summary_call(product, p, now, replay))
         identities = self._identity_writes(product.id, payloads)
-        results = await self._send([*ops, *identities], durable=True)
+        results = await self._send([*ops, *identities], wait="must")
         outcomes = [
             _ingest_outcome(p.sid, keys.shard_of(product.id, p.sid), r)
             if isinstance(p, ActionsPayload)
@@ -622,7 +631,7 @@ class RedisStore:
                 "replay_field": record,
             },
         )
-        status, previous, due = await self.run(call, durable=True)
+        status, previous, due = await self.run(call, wait="must")
         linked = status == b"linked"
         return LinkOutcome(
             status=status.decode(),
@@ -658,7 +667,7 @@ class RedisStore:
             Plain("set", (key, value), {"ex": keys.PENDING_IDENTITY_TTL_S, "get": True})
             for key in pending
         ]
-        before = await self._send(writes, durable=True)
+        before = await self._send(writes, wait="must")
         await self._after_step("webhook.pending_written")
         reads = [
             Plain("get", (key,))
@@ -757,7 +766,7 @@ class RedisStore:
         claims: list[Claim] = []
         filed_only: list[bytes] = []
         for member, (product_id, session_id), row in zip(
-            members, sessions, await self._send(calls, durable=True), strict=True
+            members, sessions, await self._send(calls, wait="try"), strict=True
         ):
             if not row:
                 continue
@@ -808,7 +817,7 @@ class RedisStore:
             },
             rest=claim.members,
         )
-        result = await self.run(call, durable=True)
+        result = await self.run(call, wait="try")
         if not int(result[0]):
             return AckOutcome(False, [])
         return AckOutcome(True, [PostedNote.parse(e) for e in result[1]], _due(int(result[2])))
@@ -864,7 +873,7 @@ class RedisStore:
             },
             rest=claim.members,
         )
-        result = await self.run(call, durable=True)
+        result = await self.run(call, wait="try")
         if not int(result[0]):
             return False, None
         if mode == "dead":
@@ -960,7 +969,7 @@ class RedisStore:
                 "replay_field": replay_field,
             },
         )
-        code, reason = await self.run(call, durable=True)
+        code, reason = await self.run(call, wait="must")
         return (None if int(code) == -1 else int(code) == 1), reason.decode()
 
     # -- operations -------------------------------------------------------------------------
@@ -990,7 +999,7 @@ class RedisStore:
         entries = await self._read(self._redis.zrange(dead_key, 0, limit - 1))
         if not entries:
             return 0
-        await self._send([self._requeue_call(product, e, now) for e in entries], durable=True)
+        await self._send([self._requeue_call(product, e, now) for e in entries], wait="must")
         await self._after_step("requeue.queued")
         removed = await self._send([Plain("zrem", (dead_key, e)) for e in entries])
         return sum(int(r) for r in removed)

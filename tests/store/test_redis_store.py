@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from app.domain import LinkEvent
 from app.models import ActionsPayload, Intake, parse_ingest
 from app.store import keys
-from app.store.redis_store import RedisStore
+from app.store.redis_store import RedisStore, StoreUnavailable
 from tests.conftest import batch, make_product
 
 T0 = 1_700_000_000.0
@@ -186,3 +186,23 @@ async def test_a_pending_link_records_its_delivery(store: RedisStore) -> None:
     first = await store.link_contact(PRODUCT, event=LinkEvent.NEW, now=T0, **args)
     second = await store.link_contact(PRODUCT, event=LinkEvent.NEW, now=T0, **args)
     assert (first.status, second.status) == ("pending", "duplicate")
+
+
+async def test_a_write_that_no_replica_confirms_is_refused_but_the_worker_goes_on(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Neither test topology has replicas, so WAIT 1 is never satisfied: what answers a client
+    is refused (the sender retries), while the worker's own writes go on unconfirmed."""
+    plain = RedisStore(redis_client)
+    waiting = RedisStore(redis_client, wait_replicas=1, wait_timeout_s=0.02)
+    with pytest.raises(StoreUnavailable, match="0 of 1 replicas confirmed the write in time"):
+        await waiting.ingest(PRODUCT, actions("s1", ("A", T0)), now=T0)
+    with pytest.raises(StoreUnavailable):
+        await waiting.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
+    # The refused writes did reach the primary (as they may under a real failover): their
+    # retries are replays, and what they stored is delivered once.
+    await plain.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
+    (c,) = await claim(waiting, T0 + 1)
+    assert described(c) == ["A"]
+    assert (await waiting.ack(c, PRODUCT, note_id="n1", now=T0 + 1)).acked
+    assert await claim(plain, T0 + 100) == []
