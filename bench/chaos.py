@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 import redis
+from redis.exceptions import RedisClusterException
 
 from app.store import keys
 from tests.cluster import LocalRedisCluster, cluster_nodes, slot_of
@@ -89,6 +90,9 @@ REDIS_DOWN_S = 2.0  # about what a real Redis restart takes (a container, a fail
 CLUSTER_PRIMARIES = 3
 CLUSTER_NODE_TIMEOUT_MS = 2000
 CLUSTER_WAIT_S = 60.0  # at most, for the failover and for the restarted node to rejoin
+# The dead node is started again this long after its replica's promotion (an orchestrator's
+# restart): meanwhile the promoted primary has no replica, and with WAIT 1 its slots answer 503.
+CLUSTER_REJOIN_AFTER_S = 2.0
 CLUSTER_ENV = {"BRIDGE_REDIS_CLUSTER": "true", "BRIDGE_REDIS_WAIT_REPLICAS": "1"}
 # A note the bot accepted this close to a crash may not have been acknowledged in Redis: the
 # next process posts it again (at-least-once delivery).
@@ -188,9 +192,7 @@ class RedisClusterProcess:
         views = cluster_nodes(int(address.rsplit(":", 1)[1]))
         slots = [v for v in views if v.address == address and v.is_primary]
         return {
-            k
-            for k in range(keys.SHARDS)
-            if any(v.serves(slot_of(keys.due_key(k))) for v in slots)
+            k for k in range(keys.SHARDS) if any(v.serves(slot_of(keys.due_key(k))) for v in slots)
         }
 
 
@@ -310,6 +312,11 @@ class Ledger:
     link_answers: Counter[str] = field(default_factory=Counter)
     odd_links: list[dict[str, Any]] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)
+    # Every 5xx answer: by status and error code, when (time.monotonic()), and those without
+    # a Retry-After (a 503 must say when to come back).
+    server_errors: Counter[str] = field(default_factory=Counter)
+    refused_at: list[float] = field(default_factory=list)
+    no_retry_after: int = 0
     sessions_done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -333,6 +340,16 @@ class Ledger:
     def count(self, outcome: str) -> None:
         with self.lock:
             self.requests[outcome] += 1
+
+    def server_error(self, response: httpx.Response) -> None:
+        try:
+            error = str(response.json().get("error", "?"))
+        except ValueError:
+            error = "not_json"
+        with self.lock:
+            self.server_errors[f"{response.status_code} {error}"] += 1
+            self.refused_at.append(time.monotonic())
+            self.no_retry_after += "retry-after" not in response.headers
 
 
 class Sender:
@@ -403,6 +420,8 @@ class Sender:
             return None, None, type(exc).__name__
         outcome = f"http_{response.status_code}"
         self._ledger.count(outcome)
+        if response.status_code >= 500:
+            self._ledger.server_error(response)
         if response.status_code not in RETRY_STATUSES:
             return response, None, outcome
         hint = response.headers.get("retry-after", "")
@@ -506,11 +525,12 @@ class Chaos:
     """The running pieces and the faults applied to them."""
 
     start: float
-    redis: RedisProcess
+    store: Store
     service: ServiceProcess
     bot: FakeBot
     windows: list[FaultWindow] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    failovers: list[dict[str, Any]] = field(default_factory=list)
 
     def note(self, message: str) -> None:
         log(self.start, message)
@@ -538,36 +558,89 @@ class Chaos:
         self.note(f"bot answers 429 Retry-After: {hint} to the next {n} posts")
 
     def restart_redis(self) -> None:
+        assert isinstance(self.store, RedisProcess)
         begun = time.monotonic()
         self.note(f"SIGTERM redis-server; down for {REDIS_DOWN_S:.0f} s")
-        self.redis.restart(down_s=REDIS_DOWN_S)
+        self.store.restart(down_s=REDIS_DOWN_S)
         self.windows.append(FaultWindow("redis_restart", begun, time.monotonic()))
-        took, keys_after = time.monotonic() - begun, self.redis.client.dbsize()
+        took, keys_after = time.monotonic() - begun, self.store.client.dbsize()
         self.note(f"redis-server back on its port and AOF after {took:.1f} s")
         self.note(f"redis holds {keys_after} keys after the restart")
+
+    def kill_primary(self, session_ids: list[str], victim: str) -> None:
+        """SIGKILL the primary holding ``victim``'s keys, wait until its replica is promoted,
+        then start the dead node again: it rejoins as the new primary's replica (until then,
+        with WAIT 1, writes to its slots cannot be confirmed and answer 503)."""
+        assert isinstance(self.store, RedisClusterProcess)
+        cluster, victim_key = self.store.cluster, keys.session_keys(PRODUCT, victim).state
+        old = cluster.primary_of(victim_key)
+        shards = self.store.shards_served_by(old)
+        held = sum(keys.shard_of(PRODUCT, sid) in shards for sid in session_ids)
+        begun = time.monotonic()
+        cluster.kill_master_of(victim_key)
+        self.note(
+            f"SIGKILL cluster primary {old}: {len(shards)} of {keys.SHARDS} shards, "
+            f"{held} of {len(session_ids)} sessions (among them {victim})"
+        )
+        new = cluster.wait_for_failover(victim_key, old, timeout_s=CLUSTER_WAIT_S)
+        promoted = time.monotonic()
+        wait, took = CLUSTER_REJOIN_AFTER_S, promoted - begun
+        self.note(
+            f"replica {new} promoted after {round(took, 2):.1f} s; restarting {old} in {wait:.0f} s"
+        )
+        time.sleep(wait)
+        cluster.restart(old, timeout_s=CLUSTER_WAIT_S)
+        back = time.monotonic()
+        role, back_s = cluster.role(old), round(back - begun, 2)
+        self.windows.append(FaultWindow("primary_kill", begun, back))
+        self.note(f"{old} rejoined as {role} of {new} after {back_s:.1f} s; cluster ok")
+        self.failovers.append(
+            {
+                "killed": old,
+                "promoted": new,
+                "shards": len(shards),
+                "sessions": held,
+                "killed_at_s": round(begun - self.start, 2),
+                "failover_s": round(took, 2),
+                "replica_back_s": back_s,
+                "old_primary_role_after": role,
+            }
+        )
 
     def progress(self, ledger: Ledger, total: int) -> None:
         with ledger.lock:
             done, accepted = ledger.sessions_done, len(ledger.accepted)
-        notes, due = len(self.bot.notes), due_count(self.redis)
+        notes, due = len(self.bot.notes), due_count(self.store)
         status = f"{done}/{total} sessions done, {accepted} actions accepted, {notes} notes"
         log(self.start, f"{status}, {due} due")
 
 
 def fault_schedule(
-    chaos: Chaos, duration_s: float, seed: int
+    chaos: Chaos, duration_s: float, seed: int, plans: list[SessionPlan]
 ) -> list[tuple[float, Callable[[], None]]]:
     events: list[tuple[float, Callable[[], None]]] = [
         (duration_s * f, chaos.kill_service) for f in (0.2, 0.4, 0.6, 0.8)
     ]
     failing_from = duration_s * 0.3
+    ends = failing_from + BOT_FAILURE_S
     events += [
         (failing_from, lambda: chaos.fail_bot(seed)),
-        (failing_from + BOT_FAILURE_S, lambda: chaos.note("bot failures end")),
+        (ends, lambda: chaos.note(f"bot failures ended at {ends:.1f} s")),
         (duration_s * 0.45, chaos.throttle_bot),
-        (duration_s * 0.5, chaos.restart_redis),
+        (duration_s * 0.5, redis_fault(chaos, duration_s * 0.5, plans)),
     ]
     return sorted(events, key=lambda e: e[0])
+
+
+def redis_fault(chaos: Chaos, at_s: float, plans: list[SessionPlan]) -> Callable[[], None]:
+    """A Redis restart, or on a cluster the loss of the primary of a session in mid-traffic
+    (the last one to start a second or more before the fault)."""
+    if isinstance(chaos.store, RedisProcess):
+        return chaos.restart_redis
+    started = [p for p in plans if p.start_at <= at_s - 1.0] or plans
+    victim = max(started, key=lambda p: p.start_at).session_id
+    session_ids = [p.session_id for p in plans]
+    return lambda: chaos.kill_primary(session_ids, victim)
 
 
 def run_faults(
@@ -590,10 +663,11 @@ def run_faults(
             time.sleep(0.05)
 
 
-def due_count(r: RedisProcess) -> int | None:
+def due_count(r: Store) -> int | None:
+    """Sessions in the due queues of every shard (None while Redis does not answer)."""
     try:
         return sum(int(r.client.zcard(keys.due_key(k))) for k in range(keys.SHARDS))
-    except redis.RedisError:
+    except (redis.RedisError, RedisClusterException):
         return None
 
 
@@ -604,7 +678,7 @@ def wait_for_drain(chaos: Chaos) -> bool:
     while time.monotonic() < deadline:
         time.sleep(0.25)
         count = len(chaos.bot.attempts)
-        if count != seen or due_count(chaos.redis) != 0:
+        if count != seen or due_count(chaos.store) != 0:
             seen, quiet_since = count, time.monotonic()
         elif time.monotonic() - quiet_since >= DRAIN_QUIET_S:
             return True
@@ -614,7 +688,7 @@ def wait_for_drain(chaos: Chaos) -> bool:
 # -- accounting -----------------------------------------------------------------------------
 
 
-def dead_lettered(r: RedisProcess) -> set[str]:
+def dead_lettered(r: Store) -> set[str]:
     entries = r.client.zrange(keys.dead_letter_key(PRODUCT), 0, -1)
     return {str(a["description"]) for e in entries for a in json.loads(e).get("actions", [])}
 
@@ -678,7 +752,7 @@ def unlinked_sessions(chaos: Chaos, ledger: Ledger) -> list[str]:
     return sorted(
         sid
         for sid in sessions
-        if not chaos.redis.client.hexists(keys.session_keys(PRODUCT, sid).state, "conversation")
+        if not chaos.store.client.hexists(keys.session_keys(PRODUCT, sid).state, "conversation")
     )
 
 
@@ -693,11 +767,41 @@ def flush_first_violations(ledger: Ledger, notes: list[Attempt]) -> int:
     )
 
 
+REDIS_FAULTS = frozenset({"redis_restart", "primary_kill"})
+
+
+def refusals(chaos: Chaos, ledger: Ledger) -> dict[str, Any]:
+    """The 5xx answers the senders saw, and how many of them a Redis fault explains; on a
+    cluster, split into before the promotion (the slots had no primary) and after it (the
+    promoted primary had no replica yet, so WAIT 1 could not succeed)."""
+    faults = [w for w in chaos.windows if w.name in REDIS_FAULTS]
+    phases: Counter[str] = Counter()
+    for at in (at - chaos.start for at in ledger.refused_at):
+        for f in chaos.failovers:
+            killed, promoted = f["killed_at_s"], f["killed_at_s"] + f["failover_s"]
+            if killed <= at < promoted:
+                phases["no_primary"] += 1
+            elif promoted <= at <= killed + f["replica_back_s"] + CRASH_SLACK_S:
+                phases["no_replica"] += 1
+    return {
+        "sender_503s": ledger.requests["http_503"],
+        "sender_503s_in_redis_faults": sum(
+            any(w.start <= at <= w.end + CRASH_SLACK_S for w in faults) for at in ledger.refused_at
+        ),
+        "sender_503s_by_failover_phase": dict(phases),
+        "server_errors": dict(ledger.server_errors),
+        "server_errors_not_503": sum(
+            n for answer, n in ledger.server_errors.items() if not answer.startswith("503 ")
+        ),
+        "refusals_without_retry_after": ledger.no_retry_after,
+    }
+
+
 def account(chaos: Chaos, ledger: Ledger) -> dict[str, Any]:
     notes = chaos.bot.notes
     delivered = {d for note in notes for d in descriptions(note)}
     accepted = set(ledger.accepted)
-    dead = dead_lettered(chaos.redis) & accepted
+    dead = dead_lettered(chaos.store) & accepted
     missing = accepted - delivered - dead
     unlinked = unlinked_sessions(chaos, ledger)
     retried_changed = changed_content(chaos.bot.attempts)
@@ -721,6 +825,7 @@ def account(chaos: Chaos, ledger: Ledger) -> dict[str, Any]:
         "retries_with_changed_actions": len(retried_changed),
         "retries_with_changed_actions_sample": retried_changed[:3],
         "requests": dict(ledger.requests),
+        **refusals(chaos, ledger),
         "bot_answers": {str(k): v for k, v in sorted(chaos.bot.status_counts().items())},
         "lost_sample": sorted(missing)[:20],
     }
@@ -731,10 +836,13 @@ def explain_lost(chaos: Chaos, ledger: Ledger, lost: list[str]) -> None:
     for sid in sorted({ledger.accepted[d].session_id for d in lost})[:5]:
         k = keys.session_keys(PRODUCT, sid)
         state, pre, out = k.state, k.pre, k.out
-        client = chaos.redis.client
+        client = chaos.store.client
         due = client.zscore(k.due, k.member)
         print(f"  {sid}: state={client.hgetall(state)}")
         print(f"  {sid}: pre={client.zcard(pre)} out={client.zcard(out)} due={due}")
+        print(f"  {sid}: unfiled dead letters={client.hlen(k.dead)} shard={k.shard}")
+        if isinstance(chaos.store, RedisClusterProcess):
+            print(f"  {sid}: served by {chaos.store.cluster.primary_of(state)}")
 
 
 ROWS = (
@@ -751,6 +859,7 @@ ROWS = (
     ("same_webhook_id_different_actions", "accepted twice under one id, other actions"),
     ("retries_with_changed_actions", "one webhook-id posted with other actions"),
     ("flush_not_first", "sessions whose first note is not the flush"),
+    ("server_errors_not_503", "a 5xx other than 503: MUST be 0"),
 )
 
 
@@ -760,6 +869,23 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"  {key:<40} {result[key]:>7}   {meaning}")
     print(f"  notes: {result['notes']}, bot answers: {result['bot_answers']}")
     print(f"  link answers: {result['links']}, requests: {result['requests']}")
+    print(
+        f"  senders saw {result['sender_503s']} 503s ({result['sender_503s_in_redis_faults']}"
+        f" during the Redis fault), 5xx answers: {result['server_errors']}"
+    )
+    for failover in result.get("failovers", []):
+        print(
+            f"  failover: primary {failover['killed']} SIGKILLed ({failover['shards']} shards,"
+            f" {failover['sessions']} sessions), {failover['promoted']} promoted after"
+            f" {failover['failover_s']:.1f} s, old primary back as"
+            f" {failover['old_primary_role_after']} after {failover['replica_back_s']:.1f} s"
+        )
+    if result.get("failovers"):
+        phases = result["sender_503s_by_failover_phase"]
+        print(
+            f"  503s while the slots had no primary: {phases.get('no_primary', 0)},"
+            f" while the promoted primary had no replica: {phases.get('no_replica', 0)}"
+        )
     for odd in result["links_not_answered_linked"]:
         print(f"  link webhook of {odd['session_id']}: {', '.join(odd['tries'])}")
     if result["sessions_not_linked"]:
@@ -769,6 +895,8 @@ def print_table(result: dict[str, Any]) -> None:
         or result["duplicate_actions_outside_crash_windows"]
     ):
         print("  WARNING: duplicates outside crash windows (at-least-once allows them only there)")
+    if result["server_errors_not_503"] or result["refusals_without_retry_after"]:
+        print("  WARNING: a 5xx other than 503, or a 5xx without Retry-After (see server_errors)")
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -777,6 +905,19 @@ def print_table(result: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--topology",
+        choices=(*TOPOLOGIES, "both"),
+        default="both",
+        help="which Redis to run against (default: both, standalone first)",
+    )
+    parser.add_argument(
+        "--cluster",
+        dest="topology",
+        action="store_const",
+        const="cluster",
+        help="the cluster variant only (= --topology cluster)",
     )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")
     parser.add_argument("--sessions", type=int, default=300)
@@ -799,7 +940,7 @@ def drive(chaos: Chaos, args: argparse.Namespace) -> Ledger:
     threads = scheduler.run(args.workers)
     run_faults(
         chaos,
-        fault_schedule(chaos, args.duration, args.seed),
+        fault_schedule(chaos, args.duration, args.seed, plans),
         progress=lambda: chaos.progress(ledger, len(plans)),
         until=lambda: not any(t.is_alive() for t in threads),
     )
@@ -809,7 +950,7 @@ def drive(chaos: Chaos, args: argparse.Namespace) -> Ledger:
     return ledger
 
 
-def finish(chaos: Chaos, ledger: Ledger, args: argparse.Namespace) -> dict[str, Any]:
+def finish(chaos: Chaos, ledger: Ledger, args: argparse.Namespace, topology: str) -> dict[str, Any]:
     chaos.note("traffic done; waiting for the due queue to drain")
     drained = wait_for_drain(chaos)
     chaos.note("drained" if drained else f"NOT drained after {DRAIN_TIMEOUT_S:.0f} s")
@@ -820,52 +961,69 @@ def finish(chaos: Chaos, ledger: Ledger, args: argparse.Namespace) -> dict[str, 
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "options": vars(args),
+        "topology": topology,
+        "options": {**vars(args), "topology": topology},
         "drained": drained,
         "runtime_s": round(time.monotonic() - chaos.start, 1),
         "service_incarnations": chaos.service.incarnation,
         **result,
+        "failovers": chaos.failovers,
         "faults": chaos.timeline,
     }
 
 
-def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    redis_proc = RedisProcess(workdir)
-    redis_proc.start()
+def run(args: argparse.Namespace, workdir: Path, topology: str) -> dict[str, Any]:
+    store: Store = RedisClusterProcess(workdir) if topology == "cluster" else RedisProcess(workdir)
+    env = CLUSTER_ENV if topology == "cluster" else {}
+    store.start()
     try:
         with running_bot(HTTP_SECRET) as bot:
             products_file = workdir / "products.toml"
             products_file.write_text(PRODUCTS_TOML.format(url=bot.url))
             service = ServiceProcess(
-                redis_url=redis_proc.url, products_file=products_file, log_dir=workdir
+                redis_url=store.url, products_file=products_file, log_dir=workdir, env=env
             )
             service.start()
-            chaos = Chaos(time.monotonic(), redis_proc, service, bot)
-            chaos.note(f"redis :{redis_proc.port} (appendonly, fsync always), bot {bot.url}")
-            chaos.note(f"service #1 at {service.url}; traffic starts")
+            chaos = Chaos(time.monotonic(), store, service, bot)
+            chaos.note(f"{store.describe()}, bot {bot.url}")
+            settings = "".join(f" {k}={v}" for k, v in env.items())
+            chaos.note(f"service #1 at {service.url}{settings}; traffic starts")
             try:
                 ledger = drive(chaos, args)
-                return finish(chaos, ledger, args)
+                return finish(chaos, ledger, args, topology)
             finally:
                 service.stop()
     finally:
-        redis_proc.stop()
+        store.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
-    result = run(args, workdir)
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(result, indent=2) + "\n")
+def run_topology(args: argparse.Namespace, topology: str) -> bool:
+    """One variant, its table and its results file; True when nothing was lost."""
+    print(f"=== chaos on {topology} Redis ===", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{topology}-"))
+    result = run(args, workdir, topology)
+    results_file = RESULTS_FILES[topology]
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
     ok = result["lost"] == 0 and result["drained"]
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
-        print(f"\nFAILED: service logs and the Redis AOF are kept in {workdir}")
-    print(f"results written to {RESULTS_FILE.relative_to(REPO_ROOT)}")
-    return 0 if ok else 1
+        kept = "the Redis AOF" if topology == "standalone" else "the cluster nodes' log tails"
+        print(f"\nFAILED ({topology}): service logs and {kept} are kept in {workdir}")
+    print(f"results written to {results_file.relative_to(REPO_ROOT)}\n", flush=True)
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    topologies = TOPOLOGIES if args.topology == "both" else (args.topology,)
+    begun = time.monotonic()
+    outcomes = {topology: run_topology(args, topology) for topology in topologies}
+    summary = ", ".join(f"{t} {'ok' if ok else 'FAILED'}" for t, ok in outcomes.items())
+    print(f"chaos: {summary} ({time.monotonic() - begun:.0f} s)")
+    return 0 if all(outcomes.values()) else 1
 
 
 if __name__ == "__main__":
