@@ -189,6 +189,7 @@ class DeliveryWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=remaining)
 
     async def _claim(self, limit: int, *, shards: list[int] | None) -> list[Claim]:
+        known = list(self._shard_due)
         found = await self._store.claim_due(
             now=self._clock.now(),
             limit=limit,
@@ -197,7 +198,11 @@ class DeliveryWorker:
             shards=shards,
         )
         for shard, due_at in found.next_due.items():
-            self._shard_due[shard] = math.inf if due_at is None else due_at
+            read = math.inf if due_at is None else due_at
+            # A notify() that came in while the queues were read is newer than the read.
+            if self._shard_due[shard] != known[shard]:
+                read = min(read, self._shard_due[shard])
+            self._shard_due[shard] = read
         return found.claims
 
     async def _deliver(self, claim: Claim) -> None:

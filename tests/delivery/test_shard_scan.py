@@ -84,3 +84,32 @@ async def test_work_another_replica_scheduled_is_found_by_the_next_sweep(
     assert store.looked[-1] is None
     view = await store.session_view("acme", "s1")
     assert view is not None and "lease" in view["state"]  # the sweep found and claimed it
+
+
+class NotifiedWhileReading(LookingStore):
+    """An ingest in this process tells the worker about new work while it reads the queues."""
+
+    worker: DeliveryWorker
+    shard: int
+    armed = False
+
+    async def claim_due(self, **kwargs: Any) -> ClaimRound:
+        found = await super().claim_due(**kwargs)
+        if self.armed:  # lands before the read's answer is used
+            self.worker.notify(kwargs["now"], self.shard)
+        return found
+
+
+async def test_work_notified_while_the_queues_are_read_is_not_forgotten(
+    redis_client: aioredis.Redis, clock: ManualClock
+) -> None:
+    store = NotifiedWhileReading(redis_client)
+    store.worker = worker = worker_for(store, clock)
+    store.shard = keys.shard_of("acme", "s1")
+    await worker._step()  # a first sweep: nothing is due anywhere
+    clock.advance(POLL_S)
+    store.armed = True
+    await worker._step()  # the next sweep finds nothing either, but a notice came in meanwhile
+    store.armed = False
+    await worker._step()
+    assert store.looked[-1] == [store.shard]  # the next turn looks at that shard at once
