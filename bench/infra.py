@@ -1,6 +1,7 @@
 """The processes `make bench` runs on loopback, each started and stopped by the bench: Redis
-(bench/chaos.py's RedisProcess), the fake bot (bench/fakebot.py), the B1 baseline
-(bench/baseline_app.py) and the service (tests/e2e/service.py)."""
+(bench/chaos.py's RedisProcess), B7's Redis Clusters (tests/cluster.py's LocalRedisCluster),
+the fake bot (bench/fakebot.py), the B1 baseline (bench/baseline_app.py) and the service
+(tests/e2e/service.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,12 +21,14 @@ import redis
 
 from app.store import keys
 from bench.chaos import RedisProcess
+from tests.cluster import LocalRedisCluster
 from tests.conftest import HTTP_SECRET, INGEST_TOKEN, WEBHOOK_SECRET, free_port
 from tests.e2e.service import Bridge, bridge, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 20.0
 Persistence = Literal["everysec", "always", "none"]
+RedisClient = redis.Redis | redis.RedisCluster
 
 # b1 and b4 (throughput): a debounce far longer than a run keeps the delivery worker idle, so
 # B1 measures intake alone. lat (B2, B3, B5): the default timings.
@@ -83,9 +86,29 @@ def write_products(workdir: Path, *, bot_url: str, debounce_s: float) -> Path:
 
 @dataclass
 class RedisHandle:
+    """The Redis the service under test uses. ``client`` routes keys (a ``RedisCluster`` on a
+    cluster); ``nodes``, on a cluster only, has a plain client for each node (CPU figures)."""
+
     url: str
-    client: redis.Redis
+    client: RedisClient
     description: str
+    nodes: tuple[redis.Redis, ...] = ()
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.nodes)
+
+
+def _set_persistence(client: redis.Redis, persistence: Persistence) -> None:
+    """From the AOF of RedisProcess / LocalRedisCluster's nodes to what the bench asks for."""
+    if persistence == "none":
+        client.config_set("appendonly", "no")
+    else:
+        client.config_set("appendfsync", persistence)
+
+
+def _persistence_text(persistence: Persistence) -> str:
+    return "no persistence" if persistence == "none" else f"AOF fsync {persistence}"
 
 
 @contextlib.contextmanager
@@ -99,15 +122,39 @@ def redis_server(workdir: Path, persistence: Persistence) -> Iterator[RedisHandl
     proc = RedisProcess(workdir)
     proc.start()  # appendonly yes, appendfsync always: relaxed below unless asked for
     try:
-        if persistence == "none":
-            proc.client.config_set("appendonly", "no")
-        elif persistence == "everysec":
-            proc.client.config_set("appendfsync", "everysec")
+        _set_persistence(proc.client, persistence)
         version = proc.client.info("server")["redis_version"]
-        described = "no persistence" if persistence == "none" else f"AOF fsync {persistence}"
-        yield RedisHandle(proc.url, proc.client, f"redis-server {version}, {described}")
+        described = f"redis-server {version}, {_persistence_text(persistence)}"
+        yield RedisHandle(proc.url, proc.client, described)
     finally:
         proc.stop()
+
+
+@contextlib.contextmanager
+def redis_cluster(
+    *, primaries: int, replicas: int, persistence: Persistence
+) -> Iterator[RedisHandle]:
+    """A Redis Cluster of our own on loopback (B7), each node's persistence as configured; its
+    URL is one node's, as BRIDGE_REDIS_URL takes it with BRIDGE_REDIS_CLUSTER=true."""
+    with LocalRedisCluster.start(primaries=primaries, replicas=replicas) as cluster:
+        nodes = tuple(
+            redis.Redis.from_url(f"redis://{address}", socket_timeout=5)
+            for address in cluster.addresses
+        )
+        client = redis.RedisCluster.from_url(cluster.url, socket_timeout=5)
+        try:
+            for node in nodes:
+                _set_persistence(node, persistence)
+            version = nodes[0].info("server")["redis_version"]
+            shape = f"{primaries} primaries"
+            if replicas:
+                shape += f" + {primaries * replicas} replicas"
+            described = f"Redis Cluster {version}, {shape}, {_persistence_text(persistence)}"
+            yield RedisHandle(cluster.url, client, described, nodes)
+        finally:
+            client.close()
+            for node in nodes:
+                node.close()
 
 
 # -- subprocesses ---------------------------------------------------------------------------
@@ -216,10 +263,21 @@ def baseline_app(workdir: Path, products_file: Path) -> Iterator[Served]:
 
 
 @contextlib.contextmanager
-def service(workdir: Path, *, redis_url: str, products_file: Path) -> Iterator[Bridge]:
-    """``python -m app serve`` (one uvicorn worker, INFO JSON logs to a file)."""
+def service(
+    workdir: Path,
+    *,
+    redis_url: str,
+    products_file: Path,
+    env: Mapping[str, str] | None = None,
+    log_name: str = "service.log",
+) -> Iterator[Bridge]:
+    """``python -m app serve`` (one uvicorn worker, INFO JSON logs to a file); ``env``: more
+    BRIDGE_* settings (B7: BRIDGE_REDIS_CLUSTER, BRIDGE_REDIS_WAIT_REPLICAS)."""
     with bridge(
-        redis_url=redis_url, products_file=products_file, log_path=workdir / "service.log"
+        redis_url=redis_url,
+        products_file=products_file,
+        log_path=workdir / log_name,
+        **dict(env or {}),
     ) as running:
         yield running
 
@@ -241,12 +299,26 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def redis_cpu_s(client: redis.Redis) -> float:
+def _cpu_s(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def wait_drained(client: redis.Redis, *, timeout_s: float = 30.0) -> int:
+def redis_cpu_s(handle: RedisHandle) -> dict[str, float]:
+    """CPU seconds Redis used so far, as ``{"redis": s}``. On a cluster ``redis`` is the sum
+    over its primaries, and ``redis_replicas`` (when it has replicas) the sum over those."""
+    if not handle.cluster:
+        assert isinstance(handle.client, redis.Redis)
+        return {"redis": _cpu_s(handle.client)}
+    totals: dict[str, float] = {"redis": 0.0}
+    for node in handle.nodes:
+        role = node.info("replication")["role"]
+        name = "redis" if role == "master" else "redis_replicas"
+        totals[name] = totals.get(name, 0.0) + _cpu_s(node)
+    return totals
+
+
+def wait_drained(client: RedisClient, *, timeout_s: float = 30.0) -> int:
     """Until no session is due within a second (leased ones are scored at their lease's
     end, far later); returns how many still are when the time runs out."""
     deadline = time.monotonic() + timeout_s
@@ -267,3 +339,14 @@ def metric(running: Bridge, name: str, **labels: str) -> float:
         if line.startswith(name + "{") and all(w in line for w in wanted):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def metric_by_label(running: Bridge, name: str, label: str) -> dict[str, float]:
+    """A Prometheus series' samples summed by one label's value (e.g. requests by status)."""
+    text = running.client.get("/metrics").text
+    pattern = re.compile(rf'{re.escape(label)}="([^"]*)"')
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") and (match := pattern.search(line)):
+            totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
