@@ -410,9 +410,6 @@ class RedisStore:
                 raise _translated(result) from result
         return results
 
-    async def run_many(self, calls: Sequence[ScriptCall], *, wait: Wait = "no") -> list[Any]:
-        return await self._send(calls, wait=wait)
-
     async def run(self, call: ScriptCall, *, wait: Wait = "no") -> Any:
         return (await self._send([call], wait=wait))[0]
 
