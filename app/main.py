@@ -128,12 +128,17 @@ def create_app(
     products: Mapping[str, ProductConfig] | None = None,
     clock: Clock | None = None,
     redis_client: Client | None = None,
-    run_worker: bool = True,
+    run_worker: bool | None = None,
     configure_logs: bool = True,
 ) -> FastAPI:
-    """Build the service. Tests pass settings, products, a clock or a Redis client directly."""
+    """Build the service for ``settings.role``: the HTTP API, the delivery worker, or both.
+    Tests pass settings, products, a clock or a Redis client directly, and may keep the worker
+    from running (``run_worker=False``) to drive deliveries themselves."""
     settings = settings or get_settings()
     clock = clock or SystemClock()
+    serves_api = settings.role in ("all", "api")
+    if run_worker is None:
+        run_worker = settings.role in ("all", "worker")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,7 +157,9 @@ def create_app(
         if run_worker:
             services.worker_task = asyncio.create_task(services.worker.run())
         store_name = "embedded" if redis_client is None and settings.redis_url is None else "redis"
-        log.info("service_started", products=sorted(loaded), store=store_name)
+        log.info(
+            "service_started", products=sorted(loaded), store=store_name, role=settings.role
+        )
         try:
             yield
         finally:
@@ -177,7 +184,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    for module in (ingest, webhooks, sessions, health, debug):
+    # A worker serves only its probes and metrics: intake goes to the api processes.
+    for module in (ingest, webhooks, sessions, health, debug) if serves_api else (health,):
         app.include_router(module.router)
     install_docs(app)
     return app

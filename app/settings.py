@@ -17,6 +17,8 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+Role = Literal["all", "api", "worker"]
+
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
 ]
@@ -31,6 +33,9 @@ class Settings(BaseSettings):
     )
 
     products_file: Path = Path("config/products.toml")
+    # all: HTTP API and delivery worker; api: the HTTP API only; worker: delivery only (with
+    # /healthz, /readyz and /metrics), so the two scale apart over one store.
+    role: Role = "all"
     redis_url: str | None = None
     # A Redis Cluster: BRIDGE_REDIS_URL names any of its nodes (docs/operations.md).
     redis_cluster: bool = False
@@ -72,6 +77,9 @@ class Settings(BaseSettings):
                 raise ValueError("BRIDGE_REDIS_CLUSTER needs BRIDGE_REDIS_URL (any cluster node)")
             if self.redis_wait_replicas:
                 raise ValueError("BRIDGE_REDIS_WAIT_REPLICAS needs BRIDGE_REDIS_URL")
+            if self.role != "all":
+                # The embedded store lives in one process: an api and a worker could not share it.
+                raise ValueError(f"BRIDGE_ROLE={self.role} needs BRIDGE_REDIS_URL")
         return self
 
 

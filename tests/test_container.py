@@ -375,3 +375,18 @@ def test_dockerignore_keeps_what_the_dockerfile_copies(
     ]
     assert "app/store/lua/_common.lua" in files
     assert [path for path in files if dockerignored(path, ignore_patterns)] == []
+
+
+def test_the_split_compose_file_runs_an_api_and_a_worker(
+    compose: dict[str, Any], bridge: dict[str, Any]
+) -> None:
+    split = yaml.safe_load((ROOT / "docker-compose.split.yml").read_text(encoding="utf-8"))
+    assert split["services"]["bridge"]["environment"] == {"BRIDGE_ROLE": "api"}
+    worker = split["services"]["bridge-worker"]
+    assert worker["environment"]["BRIDGE_ROLE"] == "worker"
+    assert "ports" not in worker  # a worker takes no traffic
+    # Everything else a worker needs is what the bridge service has.
+    for key in ("image", "env_file", "volumes", "read_only", "cap_drop", "stop_grace_period"):
+        assert worker[key] == bridge[key], key
+    shared = {k: v for k, v in bridge["environment"].items() if k != "BRIDGE_ROLE"}
+    assert {k: worker["environment"][k] for k in shared} == shared

@@ -142,3 +142,24 @@ def test_a_negative_replica_wait_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings_problems(info.value) == [
         "BRIDGE_REDIS_WAIT_REPLICAS: Input should be greater than or equal to 0"
     ]
+
+
+@pytest.mark.parametrize("role", ["api", "worker"])
+def test_a_split_role_needs_a_shared_redis(monkeypatch: pytest.MonkeyPatch, role: str) -> None:
+    monkeypatch.setenv("BRIDGE_ROLE", role)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert settings_problems(info.value) == [
+        f"environment: BRIDGE_ROLE={role} needs BRIDGE_REDIS_URL"
+    ]
+    monkeypatch.setenv("BRIDGE_REDIS_URL", "redis://10.0.0.7:6379")
+    assert Settings().role == role
+
+
+def test_an_unknown_role_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_ROLE", "both")
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert settings_problems(info.value) == [
+        "BRIDGE_ROLE: Input should be 'all', 'api' or 'worker'"
+    ]
