@@ -157,9 +157,7 @@ def create_app(
         if run_worker:
             services.worker_task = asyncio.create_task(services.worker.run())
         store_name = "embedded" if redis_client is None and settings.redis_url is None else "redis"
-        log.info(
-            "service_started", products=sorted(loaded), store=store_name, role=settings.role
-        )
+        log.info("service_started", products=sorted(loaded), store=store_name, role=settings.role)
         try:
             yield
         finally:
