@@ -118,6 +118,7 @@ async def _build_services(
         lease_s=settings.lease_s,
         poll_s=settings.worker_poll_s,
         concurrency=settings.worker_concurrency,
+        listen=settings.role == "worker",
     )
     return Services(settings, products, store, platforms, worker, clock, http)
 

@@ -85,5 +85,5 @@ async def replay_dead_letters(
     replayed = await services.store.replay_dead_letters(
         product, now=services.clock.now(), limit=limit
     )
-    services.worker.notify(services.clock.now())
+    await services.work_scheduled([(services.clock.now(), None)])
     return {"product_id": product.id, "replayed": replayed}

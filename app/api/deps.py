@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -18,7 +20,8 @@ from app.models import SESSION_ID_REGEX
 from app.platforms.base import Platform
 from app.products import ProductConfig
 from app.settings import Settings
-from app.store.redis_store import RedisStore
+from app.store.keys import SHARDS
+from app.store.redis_store import RedisStore, StoreUnavailable
 
 _JSON_TYPES = ("application/json",)
 
@@ -36,6 +39,19 @@ class Services:
     http: httpx.AsyncClient
     accepting: bool = True
     worker_task: asyncio.Task[None] | None = None
+
+    async def work_scheduled(self, due: Iterable[tuple[float | None, int | None]]) -> None:
+        """Work now falls due at these (time, shard) pairs: wake this process's worker, or,
+        in an api-only process, announce the shards to the worker processes."""
+        due = [(at, shard) for at, shard in due if at is not None]
+        if self.settings.role != "api":
+            for at, shard in due:
+                self.worker.notify(at, shard)
+            return
+        shards = {k for _, shard in due for k in (range(SHARDS) if shard is None else [shard])}
+        if shards:
+            with contextlib.suppress(StoreUnavailable):  # the workers' sweep finds it anyway
+                await self.store.announce(shards)
 
 
 # Dependencies are ``async`` so FastAPI runs them in the request's task (a sync one would run

@@ -141,8 +141,7 @@ async def ingest_actions(
     )
     _count_intake(intake)
     _count(product, outcomes)
-    for outcome in outcomes:
-        services.worker.notify(outcome.due_at, outcome.shard)
+    await services.work_scheduled((o.due_at, o.shard) for o in outcomes)
     answer = IngestResponse(
         accepted=sum(o.accepted for o in outcomes),
         duplicates=sum(o.duplicates for o in outcomes),

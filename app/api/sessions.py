@@ -80,7 +80,7 @@ async def link(body: JsonBody, request: Request, services: ServicesDep) -> Webho
     )
     if result.status == "duplicate":
         metrics.REQUESTS_REPLAYED.labels(product.id, "link").inc()
-    services.worker.notify(result.due_at, result.shard)
+    await services.work_scheduled([(result.due_at, result.shard)])
     return WebhookResponse(
         status=result.status, session_id=result.session_id, conversation_id=result.conversation_id
     )

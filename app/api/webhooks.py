@@ -100,7 +100,7 @@ async def receive_webhook(
         log.info("webhook_ignored", product_id=product.id, reason=event.reason)
     else:
         result = await link_from_webhook(services.store, product, event, now=services.clock.now())
-        services.worker.notify(result.due_at, result.shard)
+        await services.work_scheduled([(result.due_at, result.shard)])
     metrics.WEBHOOKS.labels(product.id, product.platform, result.status).inc()
     return WebhookResponse(
         status=result.status, session_id=result.session_id, conversation_id=result.conversation_id

@@ -73,6 +73,7 @@ class DeliveryWorker:
         poll_s: float = 1.0,
         concurrency: int = 64,
         rand: Callable[[], float] | None = None,
+        listen: bool = False,
     ) -> None:
         self._store = store
         self._products = products
@@ -89,6 +90,8 @@ class DeliveryWorker:
         # When each shard's next session is due, as far as this process knows (0: look now).
         self._shard_due = [0.0] * keys.SHARDS
         self._next_sweep = 0.0
+        # A worker-only process hears of new work from the api processes (store.announce).
+        self._listen = listen
 
     def notify(self, due_at: float | None, shard: int | None = None) -> None:
         """Bring the loop's next look forward when local work falls due sooner than planned
@@ -110,6 +113,28 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         """Deliver until a drain started by stop() is complete."""
+        listener = asyncio.create_task(self._listen_for_work()) if self._listen else None
+        try:
+            await self._deliver_until_drained()
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def _listen_for_work(self) -> None:
+        """Look at once at the shards api processes announce; a lost subscription is taken
+        up again (what is announced meanwhile is found by the sweep)."""
+        while True:
+            try:
+                async for shards in self._store.announcements():
+                    for shard in shards:
+                        self.notify(self._clock.now(), shard)
+            except StoreUnavailable as exc:
+                log.warning("worker_listen_failed", error=str(exc), retry_in_s=self._poll_s)
+                await asyncio.sleep(self._poll_s)
+
+    async def _deliver_until_drained(self) -> None:
         failures = 0
         while True:
             # Until the loop sleeps again, any notify() brings its next look forward.

@@ -49,6 +49,11 @@ def shard_of(product_id: str, session_id: str) -> int:
     return zlib.crc32(due_member(product_id, session_id).encode()) % SHARDS
 
 
+# A pub/sub channel, not a key: api processes (BRIDGE_ROLE=api) name the shards they just
+# scheduled work in, so worker processes look at once instead of at their next sweep.
+WAKE_CHANNEL = f"{ROOT}:wake"
+
+
 def due_key(shard: int) -> str:
     """A shard's due queue: a sorted set of its sessions by when their next note is due
     (epoch ms). A session leaves it when it has nothing left to post, so it needs no TTL."""

@@ -10,9 +10,10 @@ those steps; tests crash the store there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -912,6 +913,34 @@ class RedisStore:
         )
         scores = [float(head[0][1]) for head in heads if head]
         return min(scores) / 1000 if scores else None
+
+    # -- waking workers in other processes ---------------------------------------------------
+
+    async def announce(self, shards: Iterable[int]) -> None:
+        """Tell the worker processes that these shards have new work (fire and forget: a
+        worker that misses it finds the work at its next sweep)."""
+        message = ",".join(str(k) for k in sorted(set(shards)))
+        if message:
+            await self._read(self._redis.publish(keys.WAKE_CHANNEL, message))
+
+    async def announcements(self) -> AsyncIterator[list[int]]:
+        """The shards api processes announce, as they come. Raises StoreUnavailable when the
+        subscription's connection is lost (the caller subscribes again)."""
+        pubsub = self._redis.pubsub()
+        try:
+            await self._read(pubsub.subscribe(keys.WAKE_CHANNEL))
+            while True:
+                message = await self._read(
+                    pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                )
+                if message is None or message.get("type") != "message":
+                    continue
+                data = message["data"].decode() if isinstance(message["data"], bytes) else ""
+                shards = [int(k) for k in data.split(",") if k.isdigit()]
+                yield [k for k in shards if 0 <= k < keys.SHARDS]
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # -- session state ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import redis
 
 from app.store import keys
 from tests.conftest import HTTP_SECRET, INGEST_TOKEN, WEBHOOK_SECRET
+from tests.e2e.conftest import Store
 from tests.e2e.service import Bridge, bridge
 from tests.fakes.bot import Attempt, FakeBot
 
@@ -153,28 +154,6 @@ def assert_session_order(plan: SessionPlan, notes: list[Attempt]) -> None:
     times = [timestamp(d) for d in after]
     assert times == sorted(times), f"{plan.session_id}: post-link notes out of order: {after}"
     assert all(n.payload["conversation_id"] == plan.conversation_id for n in notes)
-
-
-@dataclass
-class Store:
-    url: str
-    env: dict[str, str]
-    cluster: redis.RedisCluster | None = None
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """The replicas' Redis: the session's standalone server, or its 3-primary cluster."""
-    if request.param == "standalone":
-        yield Store(request.getfixturevalue("clean_redis"), {})
-        return
-    url = request.getfixturevalue("redis_cluster_url")
-    client = redis.RedisCluster.from_url(url)
-    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
-    try:
-        yield Store(url, {"BRIDGE_REDIS_CLUSTER": "true"}, client)
-    finally:
-        client.close()
 
 
 @pytest.fixture

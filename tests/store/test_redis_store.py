@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import fakeredis
@@ -227,3 +228,32 @@ async def test_the_identity_index_is_written_for_a_new_contact_and_then_hourly(
     later = T0 + 2 + keys.IDENTITY_REFRESH_S
     await store.ingest(PRODUCT, actions("s1", ("D", later), user_id="u1"), now=later)
     assert await redis_client.get(index) == b"s1"  # an hour on: renewed
+
+
+async def test_announced_shards_reach_a_listener(store: RedisStore) -> None:
+    """What an api process publishes, a worker process hears (on a cluster too: a publish
+    reaches the subscribers of every node)."""
+    heard: asyncio.Queue[list[int]] = asyncio.Queue()
+
+    async def listen() -> None:
+        async for shards in store.announcements():
+            await heard.put(shards)
+
+    listener = asyncio.create_task(listen())
+    try:
+        for _ in range(50):  # until the subscription is in place
+            await store.announce([7, 3, 7])
+            try:
+                assert await asyncio.wait_for(heard.get(), timeout=0.1) == [3, 7]
+                break
+            except TimeoutError:
+                continue
+        else:
+            raise AssertionError("no announcement arrived")
+        await store.announce([])  # nothing to say: nothing is published
+        await store.announce([keys.SHARDS - 1])
+        assert await asyncio.wait_for(heard.get(), timeout=2) == [keys.SHARDS - 1]
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
