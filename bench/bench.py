@@ -183,23 +183,27 @@ def drained(run: Run) -> None:
         run.say(f"{left} session(s) still due after the drain timeout")
 
 
+async def b2_and_info_rate(run: Run, sender: Sender, service: Bridge) -> dict[str, Any]:
+    """B2 at its rate, then (unless --b2-info-rate is 0) at the info rate for half as long."""
+    args = run.args
+    results = {
+        "b2": await run_b2(
+            run, sender, service, rate=args.b2_rate, duration_s=args.b2_duration, tag=""
+        )
+    }
+    if args.b2_info_rate:
+        results["b2_at_info_rate"] = await run_b2(
+            run, sender, service, rate=args.b2_info_rate, duration_s=args.b2_duration / 2, tag="i"
+        )
+    return results
+
+
 async def latency_suite(run: Run, service: Bridge) -> dict[str, Any]:
     args = run.args
     sender = Sender(infra.base_url(service))
     results: dict[str, Any] = {}
     try:
-        results["b2"] = await run_b2(
-            run, sender, service, rate=args.b2_rate, duration_s=args.b2_duration, tag=""
-        )
-        if args.b2_info_rate:
-            results["b2_at_info_rate"] = await run_b2(
-                run,
-                sender,
-                service,
-                rate=args.b2_info_rate,
-                duration_s=args.b2_duration / 2,
-                tag="i",
-            )
+        results.update(await b2_and_info_rate(run, sender, service))
         b3_plan = latency.B3Plan(args.b3_sessions, args.b3_spread, 10, 0.02, args.debounce)
         results["b3"] = b3 = await latency.b3(sender, run.bot, run_id=run.run_id, plan=b3_plan)
         run.say(f"B3: notes per burst {b3['notes_per_burst']}")
@@ -327,26 +331,12 @@ def _ratios(measured: dict[str, Any], reference: dict[str, Any]) -> dict[str, fl
 
 
 async def _b2_runs(run: Run, service: Bridge) -> dict[str, Any]:
-    """B2, then B2 at the info rate for half as long, as latency_suite runs them."""
-    args = run.args
+    """B2, then B2 at the info rate, as latency_suite runs them, with a sender of their own."""
     sender = Sender(infra.base_url(service))
-    results: dict[str, Any] = {}
     try:
-        results["b2"] = await run_b2(
-            run, sender, service, rate=args.b2_rate, duration_s=args.b2_duration, tag=""
-        )
-        if args.b2_info_rate:
-            results["b2_at_info_rate"] = await run_b2(
-                run,
-                sender,
-                service,
-                rate=args.b2_info_rate,
-                duration_s=args.b2_duration / 2,
-                tag="i",
-            )
+        return await b2_and_info_rate(run, sender, service)
     finally:
         await sender.aclose()
-    return results
 
 
 def _service_errors(service: Bridge) -> dict[str, Any]:

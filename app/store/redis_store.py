@@ -560,8 +560,9 @@ class RedisStore:
         for action in batch.actions:
             tail += [action_digest(action), repr(action.started_at), encode_action(action)]
         k = keys.session_keys(product.id, batch.sid)
-        return LAYOUTS["ingest"].call(
-            keys=self._session_keys(k, "state", "pre", "out", "seen", "dead", "due"),
+        return self._session_call(
+            "ingest",
+            k,
             args={
                 "now_ms": _ms(now),
                 "member": k.member,
@@ -582,8 +583,9 @@ class RedisStore:
         self, product: ProductConfig, payload: SummaryPayload, now: float, replay: bytes
     ) -> ScriptCall:
         k = keys.session_keys(product.id, payload.sid)
-        return LAYOUTS["summary"].call(
-            keys=self._session_keys(k, "state", "pre", "out", "seen", "dead", "due"),
+        return self._session_call(
+            "summary",
+            k,
             args={
                 "now_ms": _ms(now),
                 "member": k.member,
@@ -594,8 +596,16 @@ class RedisStore:
         )
 
     @staticmethod
-    def _session_keys(k: keys.SessionKeys, *names: str) -> dict[str, str]:
-        return {name: getattr(k, name) for name in names}
+    def _session_call(
+        name: ScriptName,
+        k: keys.SessionKeys,
+        *,
+        args: Mapping[str, Any],
+        rest: Sequence[Any] | None = None,
+    ) -> ScriptCall:
+        """A call of a script on one session: its keys are the ones its layout declares."""
+        layout = LAYOUTS[name]
+        return layout.call(keys={n: getattr(k, n) for n in layout.keys}, args=args, rest=rest)
 
     @staticmethod
     def _timings(product: ProductConfig) -> dict[str, Any]:
@@ -624,8 +634,9 @@ class RedisStore:
         session's seen hash: a redelivery or a replay is reported as a duplicate."""
         k = keys.session_keys(product.id, session_id)
         record = replay_field or (b"wh:" + delivery_id.encode() if delivery_id else b"")
-        call = LAYOUTS["link"].call(
-            keys=self._session_keys(k, "state", "pre", "out", "seen", "dead", "due"),
+        call = self._session_call(
+            "link",
+            k,
             args={
                 "now_ms": _ms(now),
                 "member": k.member,
@@ -757,8 +768,9 @@ class RedisStore:
         for n, (product_id, session_id) in enumerate(sessions):
             k = keys.session_keys(product_id, session_id)
             calls.append(
-                LAYOUTS["claim_session"].call(
-                    keys=self._session_keys(k, "state", "pre", "out", "dead", "due"),
+                self._session_call(
+                    "claim_session",
+                    k,
                     args={
                         "now_ms": now_ms,
                         "member": k.member,
@@ -807,8 +819,9 @@ class RedisStore:
     ) -> AckOutcome:
         """Record a confirmed note and schedule what is left."""
         k = claim.keys
-        call = LAYOUTS["ack"].call(
-            keys=self._session_keys(k, "state", "pre", "out", "notes", "dead", "due"),
+        call = self._session_call(
+            "ack",
+            k,
             args={
                 "now_ms": _ms(now),
                 "member": k.member,
@@ -861,8 +874,9 @@ class RedisStore:
             ensure_ascii=False,
         )
         k = claim.keys
-        call = LAYOUTS["fail"].call(
-            keys=self._session_keys(k, "state", "pre", "out", "dead", "due"),
+        call = self._session_call(
+            "fail",
+            k,
             args={
                 "now_ms": _ms(now),
                 "member": k.member,
@@ -956,9 +970,7 @@ class RedisStore:
         self, product: ProductConfig, session_id: str, *, now: float
     ) -> SessionState | None:
         k = keys.session_keys(product.id, session_id)
-        call = LAYOUTS["session"].call(
-            keys=self._session_keys(k, "state", "pre", "out"), args=self._fsm_args(product, now)
-        )
+        call = self._session_call("session", k, args=self._fsm_args(product, now))
         row = await self.run(call)
         if row is None:
             return None
@@ -993,8 +1005,9 @@ class RedisStore:
         """Enter proactive_assistance if allowed: (True, "ok"), (False, reason), or
         (None, "unknown_session"). A replayed request is (False, "replayed_request")."""
         k = keys.session_keys(product.id, session_id)
-        call = LAYOUTS["proactive"].call(
-            keys=self._session_keys(k, "state", "seen"),
+        call = self._session_call(
+            "proactive",
+            k,
             args={
                 **self._fsm_args(product, now),
                 "trigger_id": trigger_id,
@@ -1044,8 +1057,9 @@ class RedisStore:
             payload = json.dumps(action, ensure_ascii=False, separators=(",", ":"))
             tail += [repr(float(action["timestamp_start"])), payload]
         k = keys.session_keys(product.id, letter["session_id"])
-        return LAYOUTS["requeue"].call(
-            keys=self._session_keys(k, "state", "pre", "out", "seen", "dead", "due"),
+        return self._session_call(
+            "requeue",
+            k,
             args={
                 "now_ms": _ms(now),
                 "member": k.member,

@@ -4,16 +4,15 @@ interval (to find work other replicas scheduled), never all 64 on every turn."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from app.delivery.worker import DeliveryWorker
-from app.models import Intake, parse_ingest
 from app.store import keys
 from app.store.redis_store import ClaimRound, RedisStore
-from tests.conftest import ManualClock, batch, make_product
+from tests.conftest import ManualClock, make_product
+from tests.store.helpers import actions
 
 POLL_S = 1.0
 
@@ -72,8 +71,7 @@ async def test_work_another_replica_scheduled_is_found_by_the_next_sweep(
 
     other_replica = RedisStore(redis_client)
     now = clock.now()
-    body = json.dumps(batch("s1", ("A", now))).encode()
-    await other_replica.ingest(product, parse_ingest(body, Intake(received_at=now)), now=now)
+    await other_replica.ingest(product, actions("s1", ("A", now), received_at=now), now=now)
     await other_replica.link(product, session_id="s1", conversation_id="c1", event=None, now=now)
 
     await worker._step()  # this process was not told: it does not look yet

@@ -4,7 +4,6 @@ posts nothing twice. Run on standalone Redis and on a Redis Cluster."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -12,12 +11,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.domain import LinkEvent
-from app.models import ActionsPayload, Intake, parse_ingest
 from app.store import keys, redis_store
-from app.store.redis_store import Claim, RedisStore
-from tests.conftest import batch, make_product
+from app.store.redis_store import ContactLink, RedisStore
+from tests.conftest import make_product
+from tests.store.helpers import T0, actions, claim, described
 
-T0 = 1_700_000_000.0
 PRODUCT = make_product(post_link_debounce_s=0)
 
 
@@ -50,22 +48,13 @@ def store_for(client: aioredis.Redis | aioredis.RedisCluster, hook: CrashAt) -> 
     return RedisStore(client, after_step=hook)
 
 
-def actions(session_id: str, *items: tuple[str, float], **fields: object) -> list[ActionsPayload]:
-    body = json.dumps(batch(session_id, *items, **fields)).encode()
-    return parse_ingest(body, Intake(received_at=T0))  # type: ignore[return-value]
-
-
-async def claims(store: RedisStore, now: float) -> list[Claim]:
-    return (await store.claim_due(now=now, limit=50, lease_s=30, max_note_actions=1000)).claims
-
-
 async def deliver_all(store: RedisStore, now: float) -> list[tuple[str, list[str]]]:
     """Claim and acknowledge until nothing is due: (kind, descriptions) per note."""
     posted = []
-    while found := await claims(store, now):
-        for claim in found:
-            posted.append((claim.source, [a.data["description"] for a in claim.actions()]))
-            assert (await store.ack(claim, PRODUCT, note_id="n", now=now)).acked
+    while found := await claim(store, now, limit=50):
+        for c in found:
+            posted.append((c.source, described(c)))
+            assert (await store.ack(c, PRODUCT, note_id="n", now=now)).acked
     return posted
 
 
@@ -127,8 +116,8 @@ async def test_a_contact_webhook_that_crashes_after_any_step_links_once_when_red
     store = store_for(redis_client, hook)
     await store.ingest(PRODUCT, actions("s1", ("A", T0), user_id="u1"), now=T0)
 
-    async def deliver_webhook() -> None:
-        await store.link_contact(
+    def deliver_webhook() -> Awaitable[ContactLink]:
+        return store.link_contact(
             PRODUCT,
             user_id="u1",
             email=None,
@@ -139,15 +128,7 @@ async def test_a_contact_webhook_that_crashes_after_any_step_links_once_when_red
         )
 
     await crash_then(step, deliver_webhook)
-    again = await store.link_contact(
-        PRODUCT,
-        user_id="u1",
-        email=None,
-        conversation_id="c1",
-        event=LinkEvent.NEW,
-        now=T0,
-        delivery_id="d1",
-    )
+    again = await deliver_webhook()  # the platform's redelivery
     assert again.status == "session" and again.link is not None
     # Only a crash before the link leaves the redelivery anything to apply.
     assert again.link.status == ("duplicate" if step == "webhook.linked" else "linked")
@@ -208,14 +189,14 @@ async def test_a_dead_letter_interrupted_after_any_step_is_filed_exactly_once(
     store = store_for(redis_client, hook)
     await store.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
     await store.ingest(PRODUCT, actions("s1", ("A", T0)), now=T0)
-    (claim,) = await claims(store, T0 + 1)
+    (leased,) = await claim(store, T0 + 1)
 
     async def fail() -> None:
-        await store.fail(claim, PRODUCT, mode="dead", error="400", retry_at=T0, now=T0 + 1)
+        await store.fail(leased, PRODUCT, mode="dead", error="400", retry_at=T0, now=T0 + 1)
 
     await crash_then(step, fail)
     # Recovery is the next worker turn: it files what the crash left and posts nothing.
-    assert await claims(store, T0 + 2) == []
+    assert await claim(store, T0 + 2) == []
     letters = await store.dead_letters("acme")
     assert [[a["description"] for a in letter["actions"]] for letter in letters] == [["A"]]
     assert not await redis_client.exists(keys.session_keys("acme", "s1").dead)
@@ -230,8 +211,8 @@ async def test_a_replay_of_dead_letters_interrupted_after_queueing_queues_them_o
     store = store_for(redis_client, hook)
     await store.link(PRODUCT, session_id="s1", conversation_id="c1", event=None, now=T0)
     await store.ingest(PRODUCT, actions("s1", ("A", T0)), now=T0)
-    (claim,) = await claims(store, T0 + 1)
-    await store.fail(claim, PRODUCT, mode="dead", error="400", retry_at=T0, now=T0 + 1)
+    (leased,) = await claim(store, T0 + 1)
+    await store.fail(leased, PRODUCT, mode="dead", error="400", retry_at=T0, now=T0 + 1)
 
     await crash_then("requeue.queued", lambda: store.replay_dead_letters(PRODUCT, now=T0 + 2))
     assert await store.dead_letter_count("acme") == 1  # the crash came before it left the list

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
 from app.domain import LinkEvent
-from app.models import ActionsPayload, Intake, parse_ingest
 from app.store import keys
 from app.store.redis_store import RedisStore, StoreUnavailable
-from tests.conftest import batch, make_product
+from tests.conftest import make_product
+from tests.store.helpers import T0, actions, claim, described
 
-T0 = 1_700_000_000.0
 PRODUCT = make_product()
 
 
@@ -26,22 +24,6 @@ def redis_client(
 ) -> aioredis.Redis | aioredis.RedisCluster:
     """Every test here runs on standalone Redis and on a Redis Cluster."""
     return topology_client
-
-
-def actions(session_id: str, *items: tuple[str, float], **fields: object) -> list[ActionsPayload]:
-    body = json.dumps(batch(session_id, *items, **fields)).encode()
-    payloads = parse_ingest(body, Intake(received_at=T0))
-    assert all(isinstance(p, ActionsPayload) for p in payloads)
-    return payloads  # type: ignore[return-value]
-
-
-async def claim(store: RedisStore, now: float, limit: int = 10) -> list:
-    found = await store.claim_due(now=now, limit=limit, lease_s=30, max_note_actions=1000)
-    return found.claims
-
-
-def described(claim_) -> list[str]:
-    return [a.data["description"] for a in claim_.actions()]
 
 
 async def test_actions_arriving_while_a_note_is_in_flight_go_into_the_next_note(

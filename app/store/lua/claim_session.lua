@@ -62,17 +62,16 @@ end
 
 if not kind then
   redis.call('HDEL', st, 'flush')
+  -- With letters to file the session stays due: the worker files them and claims again.
+  if #unfiled > 0 then return {'', conv or '', '', '', '0', '', '', {}, fmt(now), unfiled} end
   -- Debounce cannot matter here: only a future retry_at can make the session due later.
   local due = next_due(K, now, 0, 0)
-  if #unfiled == 0 then
-    if due and due > now then
-      redis.call('ZADD', K.due, fmt(due), member)
-    else
-      redis.call('ZREM', K.due, member)
-    end
+  if due and due > now then
+    redis.call('ZADD', K.due, fmt(due), member)
+  else
+    redis.call('ZREM', K.due, member)
   end
-  if #unfiled == 0 then return {} end
-  return {'', conv or '', '', '', '0', '', '', {}, fmt(now), unfiled}
+  return {}
 end
 
 if not did then
