@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
+from app.store import keys
 from tests.conftest import HTTP_SECRET, INGEST_TOKEN, WEBHOOK_SECRET, batch
 from tests.e2e.conftest import Store
 from tests.e2e.service import bridge
@@ -41,6 +43,28 @@ def wait_for_notes(bot: FakeBot, count: int, since: float) -> float:
     return time.monotonic() - since
 
 
+def subscribers(store: Store) -> int:
+    """Subscribers of the wake channel, over every node of a cluster."""
+    if store.cluster is None:
+        client = redis.Redis.from_url(store.url)
+        try:
+            return sum(count for _, count in client.pubsub_numsub(keys.WAKE_CHANNEL))
+        finally:
+            client.close()
+    return sum(
+        count
+        for node in store.cluster.get_nodes()
+        for _, count in store.cluster.pubsub_numsub(keys.WAKE_CHANNEL, target_nodes=node)
+    )
+
+
+def wait_until_subscribed(store: Store) -> None:
+    deadline = time.monotonic() + 10
+    while subscribers(store) == 0:
+        assert time.monotonic() < deadline, "the worker never subscribed to the wake channel"
+        time.sleep(0.02)
+
+
 @pytest.mark.timeout(90)
 def test_an_api_process_and_a_worker_process_deliver_together(
     store: Store, bot: FakeBot, tmp_path: Path
@@ -57,7 +81,7 @@ def test_an_api_process_and_a_worker_process_deliver_together(
             **common,  # type: ignore[arg-type]
         ) as worker,
     ):
-        time.sleep(0.5)  # the worker's first sweep and its subscription
+        wait_until_subscribed(store)  # an announcement made before it would go unheard
         # The worker takes no requests: intake is the api's.
         assert worker.post_batch("acme", batch("s1", ("A", T0))).status_code == 404
         assert worker.client.get("/healthz").status_code == 200
