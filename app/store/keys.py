@@ -25,9 +25,6 @@ SHARDS = 64
 SESSION_TTL_S = 24 * 3600  # state, outbox, dedupe and replay records, posted note ids
 UNLINKED_BUFFER_TTL_S = 30 * 60  # an unlinked session's pre-link buffer, after its last action
 IDENTITY_TTL_S = 24 * 3600  # user id / email -> latest session
-# A session re-points its contact's identity index (and renews its TTL) at most this often,
-# unless the contact changes: most batches then need no write outside the session's slot.
-IDENTITY_REFRESH_S = 3600
 PENDING_IDENTITY_TTL_S = 30 * 60  # user id / email -> conversation waiting for a session
 DEAD_LETTER_TTL_S = 7 * 24 * 3600
 POSTED_NOTE_IDS_KEPT = 200

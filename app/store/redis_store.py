@@ -446,10 +446,9 @@ class RedisStore:
         """Store a request's payloads, in order, durably.
 
         Steps: (1) each payload's session script (its actions, its replay record ``
-        replay_fields[i]``, a link named by the batch), in one round trip; (2) for a new or
-        changed contact, point the contact's identity index at the session; (3) for a session
-        still unlinked, read the contact's pending conversation; (4) link it; (5) forget the
-        pending conversation. A replayed request
+        replay_fields[i]``, a link named by the batch) and the contact's identity index, in
+        one round trip; (2) for a session still unlinked, read the contact's pending
+        conversation; (3) link it; (4) forget the pending conversation. A replayed request
         changes nothing in step 1 and runs the later steps again, so a crash after any step
         heals when the sender retries."""
         fields = replay_fields or [b""] * len(payloads)
@@ -459,30 +458,25 @@ class RedisStore:
                 ops.append(self._ingest_call(product, p, now, replay))
             else:
                 ops.append(self._summary_call(product, p, now, replay))
-        results = await self._send(ops, wait="must")
+        identities = self._identity_writes(product.id, payloads)
+        results = await self._send([*ops, *identities], wait="must")
         outcomes = [
             _ingest_outcome(p.sid, keys.shard_of(product.id, p.sid), r)
             if isinstance(p, ActionsPayload)
             else _summary_outcome(p, keys.shard_of(product.id, p.sid), r)
-            for p, r in zip(payloads, results, strict=True)
+            for p, r in zip(payloads, results[: len(ops)], strict=True)
         ]
         await self._after_step("ingest.stored")
-        # Only a new or changed contact (or an hourly refresh, or a replay) rewrites the index.
-        indexed = [
-            p
-            for p, r in zip(payloads, results, strict=True)
-            if isinstance(p, ActionsPayload) and int(r[7])
-        ]
-        if indexed:
-            await self._send(self._identity_writes(product.id, indexed), wait="must")
-            await self._after_step("ingest.indexed")
         return await self._link_pending(product, payloads, outcomes, now=now)
 
-    def _identity_writes(self, product_id: str, payloads: Sequence[ActionsPayload]) -> list[Op]:
+    def _identity_writes(
+        self, product_id: str, payloads: Sequence[ActionsPayload | SummaryPayload]
+    ) -> list[Op]:
         latest: dict[str, str] = {}  # the last batch of a contact in the request wins
         for p in payloads:
-            for key in _contact_keys(keys.identity_key, product_id, *_contact(p)):
-                latest[key] = p.sid
+            if isinstance(p, ActionsPayload):
+                for key in _contact_keys(keys.identity_key, product_id, *_contact(p)):
+                    latest[key] = p.sid
         return [
             Plain("set", (key, sid), {"ex": keys.IDENTITY_TTL_S}) for key, sid in latest.items()
         ]
@@ -574,7 +568,6 @@ class RedisStore:
                 **self._timings(product),
                 "buffer_ttl_s": keys.UNLINKED_BUFFER_TTL_S,
                 "replay_field": replay,
-                "index_refresh_ms": _ms(keys.IDENTITY_REFRESH_S),
             },
             rest=tail,
         )

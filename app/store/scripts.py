@@ -135,7 +135,6 @@ LAYOUTS: Mapping[ScriptName, ScriptLayout] = {
             args=(
                 "now_ms", "member", "user_id", "email", "conversation_id", "window_s", "cap",
                 "debounce_ms", "max_wait_ms", "session_ttl_s", "buffer_ttl_s", "replay_field",
-                "index_refresh_ms",
             ),
             rest="actions",  # (digest, score, payload) per action
         ),

@@ -67,13 +67,7 @@ async def crash_then(step: str | None, attempt: Callable[[], Awaitable[object]])
         assert step is None, f"the flow never reached {step}"
 
 
-INGEST_STEPS = [
-    "ingest.stored",
-    "ingest.indexed",
-    "ingest.pending_read",
-    "ingest.linked",
-    "ingest.pending_forgotten",
-]
+INGEST_STEPS = ["ingest.stored", "ingest.pending_read", "ingest.linked", "ingest.pending_forgotten"]
 
 
 @pytest.mark.parametrize("step", INGEST_STEPS)

@@ -191,25 +191,21 @@ async def test_a_write_that_no_replica_confirms_is_refused_but_the_worker_goes_o
     assert await claim(plain, T0 + 100) == []
 
 
-async def test_the_identity_index_is_written_for_a_new_contact_and_then_hourly(
+async def test_the_identity_index_names_the_session_that_sent_the_latest_batch(
     store: RedisStore, redis_client: aioredis.Redis
 ) -> None:
-    """Most batches of a session touch only the session's slot: the contact's index (another
-    slot) is written for a new or changed contact, and renewed once an hour."""
+    """A user with two tabs: a webhook that knows only the user finds the session that was
+    active last, not the one that started last."""
     index = keys.identity_key("acme", user_id="u1")
     await store.ingest(PRODUCT, actions("s1", ("A", T0), user_id="u1"), now=T0)
+    await store.ingest(PRODUCT, actions("s2", ("B", T0 + 1), user_id="u1"), now=T0 + 1)
+    assert await redis_client.get(index) == b"s2"
+    await store.ingest(PRODUCT, actions("s1", ("C", T0 + 2), user_id="u1"), now=T0 + 2)
     assert await redis_client.get(index) == b"s1"
-    await redis_client.delete(index)  # so that the next write shows
-    await store.ingest(PRODUCT, actions("s1", ("B", T0 + 1), user_id="u1"), now=T0 + 1)
-    assert await redis_client.get(index) is None  # the same contact, within the hour
-    await store.ingest(
-        PRODUCT, actions("s1", ("C", T0 + 2), user_id="u1", email="a@b.c"), now=T0 + 2
+    found = await store.link_contact(
+        PRODUCT, user_id="u1", email=None, conversation_id="c1", event=None, now=T0 + 3
     )
-    assert await redis_client.get(index) == b"s1"  # the contact changed: an email now
-    await redis_client.delete(index)
-    later = T0 + 2 + keys.IDENTITY_REFRESH_S
-    await store.ingest(PRODUCT, actions("s1", ("D", later), user_id="u1"), now=later)
-    assert await redis_client.get(index) == b"s1"  # an hour on: renewed
+    assert found.session_id == "s1"
 
 
 async def test_announced_shards_reach_a_listener(store: RedisStore) -> None:

@@ -15,7 +15,6 @@
 --   summary                        the latest summary, held until posted
 --   seq                            the session's action counter (arrival order)
 --   user_id, email                 the contact, as the last batch named it
---   contact_indexed                when the contact's identity index last named this session
 --   fsm, last_interaction_at, cooldown_until, proactive_trigger   the assistance state machine
 --                                  (seconds)
 --   created, updated               epoch seconds

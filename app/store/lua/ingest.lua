@@ -2,9 +2,6 @@
 -- conversation, then the pre-link window or the outbox. The contact's identity index and a
 -- pending conversation live in other slots: the store handles them in steps around this one.
 -- The tail (from REST): (digest score payload) per action.
--- The last value returned says whether the store should (re)write the contact's identity index
--- (in its own slot): for a new or changed contact, every index_refresh_ms, and for a replay
--- (whose first try may have crashed before writing it).
 local st, pre, out, seen = K.state, K.pre, K.out, K.seen
 local now, member = tonumber(A.now_ms), A.member
 local uid, email, target = A.user_id, A.email, A.conversation_id
@@ -14,7 +11,7 @@ local session_ttl, buffer_ttl = A.session_ttl_s, A.buffer_ttl_s
 
 if replayed(seen, A.replay_field, session_ttl) then
   return {0, (#ARGV - REST + 1) / 3, redis.call('HGET', st, 'conversation') or '', 'replay',
-    0, 0, -1, 1}
+    0, 0, -1}
 end
 
 local fresh, duplicates = {}, 0
@@ -27,18 +24,8 @@ for i = REST, #ARGV, 3 do
   end
 end
 redis.call('EXPIRE', seen, session_ttl)
-local index = 0
-if uid ~= '' or email ~= '' then
-  local c = redis.call('HMGET', st, 'user_id', 'email', 'contact_indexed')
-  local indexed = num(c[3])
-  if (uid ~= '' and c[1] ~= uid) or (email ~= '' and c[2] ~= email) or not indexed
-      or now - indexed >= tonumber(A.index_refresh_ms) then
-    index = 1
-    redis.call('HSET', st, 'contact_indexed', fmt(now))
-  end
-  if uid ~= '' then redis.call('HSET', st, 'user_id', uid) end
-  if email ~= '' then redis.call('HSET', st, 'email', email) end
-end
+if uid ~= '' then redis.call('HSET', st, 'user_id', uid) end
+if email ~= '' then redis.call('HSET', st, 'email', email) end
 
 -- A batch that names a conversation links an unlinked session.
 local conv = redis.call('HGET', st, 'conversation')
@@ -84,4 +71,4 @@ else
 end
 touch(st, now, session_ttl)
 local due = schedule(K, member, now, debounce, max_wait)
-return {#fresh, duplicates, conv or '', event, dropped_window, dropped_cap, due or -1, index}
+return {#fresh, duplicates, conv or '', event, dropped_window, dropped_cap, due or -1}
