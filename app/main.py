@@ -26,7 +26,7 @@ from app.delivery.worker import DeliveryWorker
 from app.logs import configure_logging
 from app.openapi import build_openapi
 from app.platforms import build_platform
-from app.platforms.base import CALL_TIMEOUT_S, CONNECT_TIMEOUT_S
+from app.platforms.client import http_client
 from app.products import ProductConfig, ProductsFileError, load_products
 from app.settings import Settings, get_settings
 from app.store.redis_store import Client, RedisStore
@@ -89,17 +89,12 @@ def _redis_client(settings: Settings) -> Client:
     )
 
 
-def _http_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-        # httpcore checks every idle connection on each request: keep few (make bench).
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=16),
-        follow_redirects=False,
-    )
-
-
 async def _build_services(
-    settings: Settings, products: dict[str, ProductConfig], clock: Clock, client: Client
+    settings: Settings,
+    products: dict[str, ProductConfig],
+    clock: Clock,
+    client: Client,
+    http_transport: httpx.AsyncBaseTransport | None,
 ) -> Services:
     store = RedisStore(
         client,
@@ -108,7 +103,7 @@ async def _build_services(
     )
     with contextlib.suppress(Exception):
         await store.load_scripts()  # scripts also load on first use, so a down Redis can wait
-    http = _http_client()
+    http = http_client(http_transport)
     platforms = {pid: build_platform(p, http, clock) for pid, p in products.items()}
     worker = DeliveryWorker(
         store=store,
@@ -131,10 +126,12 @@ def create_app(
     redis_client: Client | None = None,
     run_worker: bool | None = None,
     configure_logs: bool = True,
+    http_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """Build the service for ``settings.role``: the HTTP API, the delivery worker, or both.
-    Tests pass settings, products, a clock or a Redis client directly, and may keep the worker
-    from running (``run_worker=False``) to drive deliveries themselves."""
+    Tests pass settings, products, a clock or a Redis client directly, may keep the worker
+    from running (``run_worker=False``) to drive deliveries themselves, and may replace the
+    platforms' transport (httpx's own one, which respx mocks)."""
     settings = settings or get_settings()
     clock = clock or SystemClock()
     serves_api = settings.role in ("all", "api")
@@ -153,7 +150,7 @@ def create_app(
             log.error("startup_failed", error=str(exc))
             raise
         client = redis_client or _redis_client(settings)
-        services = await _build_services(settings, loaded, clock, client)
+        services = await _build_services(settings, loaded, clock, client, http_transport)
         app.state.services = services
         if run_worker:
             services.worker_task = asyncio.create_task(services.worker.run())

@@ -83,6 +83,8 @@ async def running_app(
         redis_client=redis_client,
         run_worker=run_worker,
         configure_logs=False,
+        # respx mocks httpx's own transport; the e2e tests drive the service's aiohttp one.
+        http_transport=httpx.AsyncHTTPTransport(),
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -50,6 +50,7 @@ async def run_full_flow(redis_client, clock: ManualClock) -> list[str]:
         clock=clock,
         redis_client=redis_client,
         run_worker=False,
+        http_transport=httpx.AsyncHTTPTransport(),  # the one respx mocks
     )
     responses = []
     with respx.mock(assert_all_called=False) as mock:
