@@ -2,7 +2,8 @@
 baseline run in the same invocation, on loopback, with every process started and stopped here.
 
   B1  ingest throughput (wrk): the service vs a bare FastAPI endpoint (bench/baseline_app.py)
-  B2  post-link delivery latency: last batch's 202 -> note at the fake bot, vs the debounce
+  B2  post-link delivery latency: last batch's 202 -> note at the fake bot, vs the debounce;
+      then a rate sweep (--sweep-rates) up to the first rate whose p99 exceeds 200 ms
   B3  coalescing: notes per burst of 10 batches 20 ms apart
   B5  at-link flush: link webhook sent -> flush note at the fake bot, vs one direct hop
   B4  idle linked sessions: Redis bytes per session, and B1 again at that size
@@ -10,8 +11,10 @@ baseline run in the same invocation, on loopback, with every process started and
       then on 3 primaries + 3 replicas with BRIDGE_REDIS_WAIT_REPLICAS=1 (the cost of WAIT)
 
     .venv/bin/python bench/bench.py [--b4-sessions 100000] [--skip-cluster] [--quick]
+        [--sweep-rates 100,300,400,500,600] [--sweep-duration 8]
 
-Results go to bench/results/latest.json; docs/performance.md explains the method.
+Results go to bench/results/latest.json, and the sweep's p50/p99 by rate to
+bench/results/b2-latency.svg; docs/performance.md explains the method.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.products import ProductConfig, load_products
-from bench import infra, latency, scale, throughput
+from bench import infra, latency, plot, scale, throughput
 from bench.chaos import log
 from bench.infra import BotRecords, RedisHandle
 from bench.loadgen import Sender, link_all
@@ -51,9 +54,12 @@ from tests.e2e.service import Bridge
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_FILE = REPO_ROOT / "bench" / "results" / "latest.json"
+PLOT_FILE = RESULTS_FILE.with_name("b2-latency.svg")
 B1_TARGET = 0.8
 B2_P50_TARGET_MS = 165.0
 B2_P99_TARGET_MS = 200.0
+DEFAULT_SWEEP_RATES = "100,300,400,500,600"
+QUICK_SWEEP_RATES = "100,400"
 B4_RATIO_TARGET = 0.9
 B4_BYTES_TARGET = 1024
 B4_RSS_GROWTH_PCT = 10.0  # "does not grow with sessions", allowing for allocator noise
@@ -184,7 +190,8 @@ def drained(run: Run) -> None:
 
 
 async def b2_and_info_rate(run: Run, sender: Sender, service: Bridge) -> dict[str, Any]:
-    """B2 at its rate, then (unless --b2-info-rate is 0) at the info rate for half as long."""
+    """B2 at its rate, then (unless --b2-info-rate is 0) at the info rate for half as long: what
+    B7 runs on a cluster, where the standalone sweep would take too long."""
     args = run.args
     results = {
         "b2": await run_b2(
@@ -198,12 +205,102 @@ async def b2_and_info_rate(run: Run, sender: Sender, service: Bridge) -> dict[st
     return results
 
 
+def sweep_point(b2: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one B2 run that the sweep keeps (and plots)."""
+    lat = b2["latency_ms"]
+    return {
+        "rate_per_s": b2["rate_per_s"],
+        "duration_s": b2["duration_s"],
+        "achieved_rate_per_s": b2["achieved_rate_per_s"],
+        "p50": lat.get("p50"),
+        "p90": lat.get("p90"),
+        "p99": lat.get("p99"),
+        "service_cores_busy": b2["service_cores_busy"],
+        "service_cpu_ms_per_batch": b2["service_cpu_ms_per_batch"],
+        "notes": b2["notes"],
+        "batches_not_delivered": b2["batches_not_delivered"],
+    }
+
+
+def exceeds_p99_target(point: dict[str, Any]) -> bool:
+    """A run that delivered no note at all has no p99, and certainly missed the target."""
+    return point["p99"] is None or point["p99"] > B2_P99_TARGET_MS
+
+
+def sweep_summary(points: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The points by rate, the first rate whose p99 exceeds the target (None: none did) and the
+    highest rate below it (None: the lowest rate already exceeded it)."""
+    ordered = sorted(points, key=lambda p: p["rate_per_s"])
+    first_over = next((p["rate_per_s"] for p in ordered if exceeds_p99_target(p)), None)
+    within = [
+        p["rate_per_s"] for p in ordered if first_over is None or p["rate_per_s"] < first_over
+    ]
+    return {
+        "points": ordered,
+        "first_rate_over_200ms_p99": first_over,
+        "highest_rate_within": max(within, default=None),
+    }
+
+
+async def rate_sweep(
+    rates: Sequence[float],
+    measure: Callable[[float], Awaitable[dict[str, Any]]],
+    *,
+    already: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """B2 results from ``measure`` at each rate, ascending, stopping before any rate above one
+    whose p99 exceeded the target: past that the backlog only grows. ``already``: B2 results
+    measured before (the main run), which count for the stopping rule and are not run again."""
+    results: list[dict[str, Any]] = []
+    for rate in sorted(rates):
+        known = [sweep_point(r) for r in [*already, *results]]
+        if any(p["rate_per_s"] == rate for p in known):
+            continue
+        first_over = sweep_summary(known)["first_rate_over_200ms_p99"]
+        if first_over is not None and rate > first_over:
+            break
+        results.append(await measure(rate))
+    return results
+
+
+async def b2_and_sweep(run: Run, sender: Sender, service: Bridge) -> dict[str, Any]:
+    """B2 at its rate, then the rate sweep. B2 at --b2-info-rate, which B7 compares the cluster
+    with, is the sweep's run at that rate, or a run of its own (half --b2-duration, as on the
+    cluster) when the sweep has none."""
+    args = run.args
+
+    async def at(rate: float) -> dict[str, Any]:
+        return await run_b2(
+            run, sender, service, rate=rate, duration_s=args.sweep_duration, tag=f"s{rate:g}"
+        )
+
+    main = await run_b2(
+        run, sender, service, rate=args.b2_rate, duration_s=args.b2_duration, tag=""
+    )
+    swept = await rate_sweep(args.sweep_rates, at, already=[main])
+    results: dict[str, Any] = {"b2": main}
+    if swept:
+        results["b2_sweep"] = sweep = sweep_summary(sweep_point(r) for r in [main, *swept])
+        first_over = sweep["first_rate_over_200ms_p99"]
+        run.say(
+            f"B2 sweep: p99 first over {B2_P99_TARGET_MS:.0f} ms at {first_over:g} batches/s"
+            if first_over is not None
+            else f"B2 sweep: p99 within {B2_P99_TARGET_MS:.0f} ms at every rate swept"
+        )
+    if args.b2_info_rate:
+        info = next((r for r in swept if r["rate_per_s"] == args.b2_info_rate), None)
+        results["b2_at_info_rate"] = info or await run_b2(
+            run, sender, service, rate=args.b2_info_rate, duration_s=args.b2_duration / 2, tag="i"
+        )
+    return results
+
+
 async def latency_suite(run: Run, service: Bridge) -> dict[str, Any]:
     args = run.args
     sender = Sender(infra.base_url(service))
     results: dict[str, Any] = {}
     try:
-        results.update(await b2_and_info_rate(run, sender, service))
+        results.update(await b2_and_sweep(run, sender, service))
         b3_plan = latency.B3Plan(args.b3_sessions, args.b3_spread, 10, 0.02, args.debounce)
         results["b3"] = b3 = await latency.b3(sender, run.bot, run_id=run.run_id, plan=b3_plan)
         run.say(f"B3: notes per burst {b3['notes_per_burst']}")
@@ -331,7 +428,7 @@ def _ratios(measured: dict[str, Any], reference: dict[str, Any]) -> dict[str, fl
 
 
 async def _b2_runs(run: Run, service: Bridge) -> dict[str, Any]:
-    """B2, then B2 at the info rate, as latency_suite runs them, with a sender of their own."""
+    """B2, then B2 at the info rate (not the sweep), with a sender of their own."""
     sender = Sender(infra.base_url(service))
     try:
         return await b2_and_info_rate(run, sender, service)
@@ -487,6 +584,26 @@ def b2_rows(b2: dict[str, Any]) -> list[dict[str, Any]]:
             lat.get(f"p{p}", 1e9) <= target and b2["batches_not_delivered"] == 0,
         )
         for p, target in ((50, B2_P50_TARGET_MS), (99, B2_P99_TARGET_MS))
+    ]
+
+
+def sweep_rows(sweep: dict[str, Any], *, target_rate: float) -> list[dict[str, Any]]:
+    """Where B2's p99 first exceeds its target, as a multiple of the rate B2 must sustain
+    (for information: the target is B2's own row)."""
+    first_over = sweep["first_rate_over_200ms_p99"]
+    never = first_over is None
+    rate = max(p["rate_per_s"] for p in sweep["points"]) if never else first_over
+    above = "> " if never else ""
+    return [
+        _row(
+            "B2",
+            f"rate where p99 first exceeds {B2_P99_TARGET_MS:.0f} ms",
+            f"{target_rate:.0f} batches/s target",
+            f"{above}{rate:.0f} batches/s",
+            f"{above}{rate / target_rate:.2f}",
+            "info",
+            None,
+        )
     ]
 
 
@@ -673,8 +790,10 @@ def wait_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def table(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = b1_rows(results["b1"]) + b2_rows(results["b2"]) + b3_rows(results["b3"])
-    rows += b5_rows(results["b5"])
+    rows = b1_rows(results["b1"]) + b2_rows(results["b2"])
+    if "b2_sweep" in results:
+        rows += sweep_rows(results["b2_sweep"], target_rate=results["b2"]["rate_per_s"])
+    rows += b3_rows(results["b3"]) + b5_rows(results["b5"])
     if "b4" in results:
         rows += b4_rows(results["b4"])
     if "b7" in results:
@@ -699,6 +818,19 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 # -- main ---------------------------------------------------------------------------------------
 
 
+def parse_rates(text: str) -> list[float]:
+    """--sweep-rates: batches/s, comma-separated, in any order; "" or "0" is no sweep."""
+    try:
+        rates = sorted({float(r) for r in text.split(",") if r.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of rates: {text!r}") from None
+    if rates == [0.0]:
+        return []
+    if any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be > 0: {text!r}")
+    return rates
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -714,7 +846,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--b2-duration", type=float, default=20.0, help="seconds of B2 load")
     p.add_argument("--b3-sessions", type=int, default=200)
     p.add_argument(
-        "--b2-info-rate", type=float, default=100.0, help="B2 again at this rate (0: skip)"
+        "--b2-info-rate",
+        type=float,
+        default=100.0,
+        help="the B2 rate B7 compares the cluster at: the sweep's run at this rate, or a run of"
+        " its own for half --b2-duration when the sweep has none (0: skip)",
+    )
+    p.add_argument(
+        "--sweep-rates",
+        type=parse_rates,
+        default=DEFAULT_SWEEP_RATES,
+        help="B2 again at each of these batches/s, ascending, after the run at --b2-rate, up to"
+        f' the first whose p99 exceeds {B2_P99_TARGET_MS:.0f} ms ("" or 0: no sweep)',
+    )
+    p.add_argument(
+        "--sweep-duration", type=float, default=8.0, help="seconds of B2 load at each swept rate"
     )
     p.add_argument("--b3-spread", type=float, default=20.0, help="bursts start over this many s")
     p.add_argument("--b5-sessions", type=int, default=300)
@@ -739,7 +885,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="B7's WAIT run: seconds of its B1 and of its B2 (0: skip it)",
     )
-    p.add_argument("--quick", action="store_true", help="a short smoke run (not for numbers)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a short smoke run (not for numbers); the default sweep becomes {QUICK_SWEEP_RATES}"
+        " at 3 s",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     if args.quick:
@@ -747,6 +898,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.b4_sessions = min(args.b4_sessions, 5000)
         args.cluster_b2_duration = min(args.cluster_b2_duration, args.b2_duration)
         args.wait_duration = min(args.wait_duration, 3.0)
+        if args.sweep_rates == parse_rates(DEFAULT_SWEEP_RATES):
+            args.sweep_rates = parse_rates(QUICK_SWEEP_RATES)
+        args.sweep_duration = min(args.sweep_duration, 3.0)
     return args
 
 
@@ -812,6 +966,24 @@ def started(args: argparse.Namespace, workdir: Path) -> Iterator[Run]:
         yield run
 
 
+def write_plot(document: dict[str, Any]) -> Path | None:
+    """The sweep's plot beside latest.json; an older plot is removed when there was no sweep,
+    so the two files always describe the same run."""
+    if "b2_sweep" not in document:
+        PLOT_FILE.unlink(missing_ok=True)
+        return None
+    measured, host = document["source"], document["machine"]
+    changed = " + uncommitted app changes" if measured["app_changes"] else ""
+    return plot.write_latency_svg(
+        PLOT_FILE,
+        document["b2_sweep"]["points"],
+        title="B2 post-link delivery latency by offered rate",
+        subtitle=f"commit {measured['commit']}{changed}, {host['cpus']} CPUs, "
+        f"{host['platform']}, Python {host['python']}, {document['date']}",
+        targets={"p50": B2_P50_TARGET_MS, "p99": B2_P99_TARGET_MS},
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     measured_source = source()  # before the run: the code may change while it runs
@@ -838,8 +1010,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_FILE.write_text(json.dumps(document, indent=2) + "\n")
+    plotted = write_plot(document)
     print_table(rows)
     print(f"\n{runtime_s} s; results in {RESULTS_FILE.relative_to(REPO_ROOT)}")
+    if plotted:
+        print(f"B2 latency by rate: {plotted.relative_to(REPO_ROOT)}")
     shutil.rmtree(workdir, ignore_errors=True)
     missed = [r["id"] for r in rows if r["met"] is False]
     if missed:
