@@ -11,11 +11,12 @@ import httpx
 import redis.asyncio as redis
 import structlog
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from starlette.routing import Route
 
-from app import __version__
+from app import __version__, openapi
 from app.api import debug, health, ingest, sessions, webhooks
 from app.api.deps import Services
 from app.api.docs import install_docs
@@ -35,17 +36,38 @@ log = structlog.get_logger(__name__)
 
 
 class BridgeApp(FastAPI):
-    """FastAPI with the bridge's OpenAPI document (``app.openapi.build_openapi``)."""
+    """FastAPI with the bridge's OpenAPI document (``app.openapi.build_openapi``), and plain
+    Starlette routes for the hot paths (``include_plain``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plain_routes: list[APIRoute] = []
+
+    def include_plain(self, router: APIRouter) -> None:
+        """Serve ``router``'s endpoints as plain Starlette routes, documented as declared.
+
+        A plain route skips FastAPI's per-request machinery (dependency solving, exit stacks,
+        the included router's matching): about 110 µs of the ~700 µs of CPU an ingested batch
+        cost (bench/ingest_calls.py). Its endpoint takes the request and returns a Response.
+        """
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                raise TypeError(f"{route!r} is not an API route")
+            methods = sorted(route.methods or ())
+            plain = Route(
+                route.path,
+                route.endpoint,
+                methods=methods,
+                name=route.name,
+                include_in_schema=False,
+            )
+            self.router.routes.append(plain)
+            self.plain_routes.append(route)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            self.openapi_schema = build_openapi(self)
+            self.openapi_schema = build_openapi(self, [*self.routes, *self.plain_routes])
         return self.openapi_schema
-
-
-def _operation_id(route: APIRoute) -> str:
-    # The route function's name: what a generated client calls the method.
-    return route.name
 
 
 def _redis_client(settings: Settings) -> Client:
@@ -176,12 +198,14 @@ def create_app(
         # Served from local assets by install_docs: the defaults load them from a CDN.
         docs_url=None,
         redoc_url=None,
-        generate_unique_id_function=_operation_id,
+        generate_unique_id_function=openapi.operation_id,
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     # A worker serves only its probes and metrics: intake goes to the api processes.
-    for module in (ingest, webhooks, sessions, health, debug) if serves_api else (health,):
+    if serves_api:
+        app.include_plain(ingest.router)
+    for module in (webhooks, sessions, health, debug) if serves_api else (health,):
         app.include_router(module.router)
     install_docs(app)
     return app

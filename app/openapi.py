@@ -9,14 +9,16 @@ and the security schemes to the components, and swaps FastAPI's validation error
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.routing import BaseRoute
 
 from app.models import ErrorBody, FieldError
 
@@ -274,6 +276,13 @@ def request_body(schema: dict[str, Any], *, description: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "description": description, "content": content}}
 
 
+def path_parameter(name: str, title: str) -> dict[str, Any]:
+    """A string path parameter, as FastAPI documents one, for a route that reads it from the
+    request itself (``openapi_extra``)."""
+    parameter = {"name": name, "in": "path", "required": True}
+    return {"parameters": [{**parameter, "schema": {"type": "string", "title": title}}]}
+
+
 def operation(*parts: dict[str, Any]) -> dict[str, Any]:
     """Merge ``openapi_extra`` parts (``request_body``, ``security``)."""
     merged: dict[str, Any] = {}
@@ -369,14 +378,19 @@ def _error_schemas() -> dict[str, Any]:
     return {ErrorBody.__name__: error, FieldError.__name__: field_error}
 
 
-def build_openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document for ``app``, completed (see the module docstring)."""
+def operation_id(route: APIRoute) -> str:
+    """The route function's name: what a generated client calls the method."""
+    return route.name
+
+
+def build_openapi(app: FastAPI, routes: Sequence[BaseRoute]) -> dict[str, Any]:
+    """FastAPI's document for ``app``'s ``routes``, completed (see the module docstring)."""
     document = get_openapi(
         title=app.title,
         version=app.version,
         summary=app.summary,
         description=DESCRIPTION,
-        routes=app.routes,
+        routes=routes,
         tags=TAGS,
     )
     components = document.setdefault("components", {})

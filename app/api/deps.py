@@ -57,6 +57,10 @@ class Services:
 # Dependencies are ``async`` so FastAPI runs them in the request's task (a sync one would run
 # in a thread pool, which costs time and loses the log context it binds).
 async def get_services(request: Request) -> Services:
+    return services_of(request)
+
+
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 

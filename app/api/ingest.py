@@ -6,7 +6,7 @@ import structlog
 from fastapi import APIRouter, Request, Response
 
 from app import metrics, openapi
-from app.api.deps import JsonBody, ProductDep, ServicesDep
+from app.api.deps import json_body, lookup_product, services_of
 from app.api.errors import ApiError
 from app.auth import ingest_credential
 from app.models import (
@@ -22,7 +22,8 @@ from app.models import (
 from app.products import ProductConfig
 from app.store.redis_store import IngestOutcome
 
-router = APIRouter(tags=["ingest"])
+# Served as plain routes by BridgeApp.include_plain: the hottest path of the service.
+router = APIRouter(tags=["ingest"], generate_unique_id_function=openapi.operation_id)
 log = structlog.get_logger(__name__)
 
 _PAYLOADS = [openapi.schema_ref(ActionsPayload), openapi.schema_ref(SummaryPayload)]
@@ -119,12 +120,18 @@ def _count(product: ProductConfig, outcomes: list[IngestOutcome]) -> None:
         openapi.INVALID_PAYLOAD,
         *openapi.STORE_ERRORS,
     ),
-    openapi_extra=openapi.operation(INGEST_BODY, openapi.security(*openapi.INGEST_CREDENTIALS)),
+    openapi_extra=openapi.operation(
+        openapi.path_parameter("product_id", "Product Id"),
+        INGEST_BODY,
+        openapi.security(*openapi.INGEST_CREDENTIALS),
+    ),
 )
-async def ingest_actions(
-    product: ProductDep, body: JsonBody, request: Request, services: ServicesDep
-) -> Response:
+async def ingest_actions(request: Request) -> Response:
     """Store action batches (or summaries) for a product; 202 once they are durable."""
+    # A plain route resolves what would be its dependencies itself, in the same order.
+    services = services_of(request)
+    product = lookup_product(services, request.path_params["product_id"])
+    body = await json_body(request, services)
     now = services.clock.now()
     credential = ingest_credential(product, request.headers, body, now=now)
     if credential is None:
