@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -99,10 +100,9 @@ async def measure(url: str, requests: int) -> dict[str, float]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000, help="requests per round")
-    args = parser.parse_args()
+@contextlib.contextmanager
+def note_server() -> Iterator[str]:
+    """A minimal note endpoint in its own process; yields its URL."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
     url = f"http://127.0.0.1:{port}/notes"
@@ -113,10 +113,18 @@ def main() -> None:
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        results = asyncio.run(measure(url, args.requests))
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="requests per round")
+    args = parser.parse_args()
+    with note_server() as url:
+        results = asyncio.run(measure(url, args.requests))
     width = max(len(name) for name in results)
     for name, us in results.items():
         print(f"{name:<{width}}  {us:7.1f} µs CPU per request")
