@@ -2,8 +2,9 @@
 
 An idle linked session here is what a real one leaves behind: one 10-action batch that came
 with its conversation id (ingest.lua links it), the at-link flush note claimed (claim.lua) and
-confirmed (ack.lua) — so Redis holds its state hash, its dedupe set, its posted-note list and
-its user's identity key. The bench claims and acknowledges the notes itself (no HTTP), which is
+confirmed (ack.lua) — so Redis holds its state hash, its dedupe set and its user's identity
+key, and its posted-note list when the product's platform redacts notes (only then does the
+service keep note ids). The bench claims and acknowledges the notes itself (no HTTP), which is
 why populating 100 000 sessions takes seconds; the service's worker may claim a few of them
 first and really post them to the fake bot, which ends in the same state.
 """
@@ -14,11 +15,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 import redis
 import redis.asyncio as aioredis
 import uvloop
 
+from app.clock import SystemClock
 from app.models import ActionsPayload, SlimAction
+from app.platforms import build_platform
 from app.products import ProductConfig
 from app.store import keys
 from app.store.redis_store import Claim, RedisStore
@@ -61,9 +65,19 @@ def payloads(prefix: str, indexes: range, actions: list[SlimAction]) -> list[Act
     ]
 
 
+def redacts(product: ProductConfig) -> bool:
+    """Whether the service keeps the product's note ids, as its worker decides it."""
+    return build_platform(product, httpx.AsyncClient(), SystemClock()).redacts
+
+
 async def ack_all(store: RedisStore, product: ProductConfig, claims: Sequence[Claim]) -> None:
+    keep = redacts(product)
     jobs = [
-        (lambda c=c: store.ack(c, product, note_id=f"note-{c.session_id}", now=time.time()))
+        (
+            lambda c=c: store.ack(
+                c, product, note_id=f"note-{c.session_id}", now=time.time(), keep_note_id=keep
+            )
+        )
         for c in claims
     ]
     outcomes = await bounded(jobs, limit=ACK_CONCURRENCY)

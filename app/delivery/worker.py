@@ -247,7 +247,13 @@ class DeliveryWorker:
             await self._record_failure(claim, product, exc, bound)
             return
         try:
-            outcome = await self._store.ack(claim, product, note_id=note_id, now=self._clock.now())
+            outcome = await self._store.ack(
+                claim,
+                product,
+                note_id=note_id,
+                now=self._clock.now(),
+                keep_note_id=platform.redacts,
+            )
         except StoreUnavailable as exc:
             # The note is posted but not acknowledged: the lease runs out and the note may
             # be posted again (at-least-once delivery).

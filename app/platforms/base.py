@@ -94,6 +94,12 @@ class Platform(ABC):
     async def post_note(self, note: Note) -> str | None:
         """Post the note; return its platform id, or None when the platform has none."""
 
+    @property
+    def redacts(self) -> bool:
+        """Whether ``redact_note`` removes notes: only then does the store keep posted note ids
+        (to redact the notes a summary replaces)."""
+        return False
+
     async def redact_note(self, conversation_id: str, note_id: str) -> None:  # noqa: B027
         """Remove a posted note. A documented no-op unless the platform overrides it."""
 

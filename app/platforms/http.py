@@ -166,6 +166,10 @@ class HttpPlatform(Platform):
         )
         return _response_id(response)
 
+    @property
+    def redacts(self) -> bool:
+        return self.config.redact_url is not None
+
     async def redact_note(self, conversation_id: str, note_id: str) -> None:
         if self.config.redact_url is None:
             return

@@ -228,6 +228,10 @@ class IntercomPlatform(Platform):
         response = await self._post(path, payload)
         return note_part_id(_json_object(response), admin_id=self.config.admin_id)
 
+    @property
+    def redacts(self) -> bool:
+        return True
+
     async def redact_note(self, conversation_id: str, note_id: str) -> None:
         payload = {
             "type": "conversation_part",

@@ -65,7 +65,8 @@ class SessionKeys:
     - ``pre``: sorted set, the pre-link buffer; ``out``: sorted set, the post-link outbox
       (members ``<seq>|<action json>``, scored by the action's start time);
     - ``seen``: hash, dedupe digests of stored actions and replay records of requests;
-    - ``notes``: list, the ids of notes posted for the session (for redaction);
+    - ``notes``: list, the ids of notes posted for the session, for redaction (so only for
+      platforms that redact);
     - ``dead``: hash, dead letters written by a failed delivery and not yet filed in the
       product's list (only between two steps of a delivery failure);
     - ``due``: the shard's due queue, where ``member`` is scheduled.

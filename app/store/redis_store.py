@@ -808,9 +808,16 @@ class RedisStore:
         )
 
     async def ack(
-        self, claim: Claim, product: ProductConfig, *, note_id: str | None, now: float
+        self,
+        claim: Claim,
+        product: ProductConfig,
+        *,
+        note_id: str | None,
+        now: float,
+        keep_note_id: bool = True,
     ) -> AckOutcome:
-        """Record a confirmed note and schedule what is left."""
+        """Record a confirmed note and schedule what is left. ``keep_note_id``: keep the note's
+        id for redaction (a platform that cannot redact saves the session's notes key)."""
         k = claim.keys
         call = self._session_call(
             "ack",
@@ -822,7 +829,7 @@ class RedisStore:
                 "kind": claim.source,
                 "note_id": note_id or "",
                 **self._timings(product),
-                "notes_kept": keys.POSTED_NOTE_IDS_KEPT,
+                "notes_kept": keys.POSTED_NOTE_IDS_KEPT if keep_note_id else 0,
                 "summary": claim.summary,
                 "conversation_id": claim.conversation_id,
             },

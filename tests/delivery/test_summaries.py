@@ -11,7 +11,16 @@ import pytest
 import respx
 from prometheus_client import REGISTRY
 
-from tests.conftest import NOTES_URL, REDACT_URL, ManualClock, batch, make_product
+from app.store import keys
+from tests.conftest import (
+    HTTP_SECRET,
+    NOTES_URL,
+    REDACT_URL,
+    WEBHOOK_SECRET,
+    ManualClock,
+    batch,
+    make_product,
+)
 from tests.harness import Harness, running_app
 
 T0 = 1_705_322_090.0
@@ -153,3 +162,39 @@ async def test_failed_redactions_are_counted_not_retried(
         assert await h.deliver() == 0
     assert bot.sequence() == ["actions", "summary", "redact:n1"]
     assert REGISTRY.get_sample_value("bridge_note_redactions_total", labels) == before + 1
+
+
+async def test_a_platform_that_cannot_redact_keeps_no_note_ids(
+    redis_client, clock: ManualClock
+) -> None:
+    http = {"url": NOTES_URL, "signing_secret": HTTP_SECRET, "webhook_secret": WEBHOOK_SECRET}
+    product = make_product(post_link_debounce_s=0, http=http)  # no redact_url
+    with respx.mock(assert_all_called=False) as mock:
+        bot = FakeBot(mock)
+        async with running_app(products=[product], clock=clock, redis_client=redis_client) as h:
+            await link(h)
+            await h.post_batch("acme", batch("s1", ("A", T0)))
+            await h.deliver()
+            await summary(h, "The user compared plans.")
+            await h.deliver()
+            view = await h.services.store.session_view("acme", "s1")
+    assert bot.sequence() == ["actions", "summary"]
+    assert await redis_client.exists(keys.session_keys("acme", "s1").notes) == 0
+    assert view is not None
+    assert view["posted_notes"] == []
+
+
+async def test_a_platform_that_redacts_keeps_the_ids_it_will_redact(
+    redis_client, clock: ManualClock, bot: FakeBot
+) -> None:
+    product = make_product(post_link_debounce_s=0)  # redact_url set
+    async with running_app(products=[product], clock=clock, redis_client=redis_client) as h:
+        await link(h)
+        await h.post_batch("acme", batch("s1", ("A", T0)))
+        await h.deliver()
+        view = await h.services.store.session_view("acme", "s1")
+        await summary(h, "The user compared plans.")
+        await h.deliver()
+    assert view is not None
+    assert view["posted_notes"] == [{"kind": "actions", "conversation_id": "c1", "note_id": "n1"}]
+    assert bot.sequence() == ["actions", "summary", "redact:n1"]

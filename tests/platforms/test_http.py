@@ -412,3 +412,10 @@ def test_build_platform_names_an_unknown_platform(
     product = ProductConfig.model_construct(id="acme", platform="carrier-pigeon")
     with pytest.raises(UnknownPlatform, match="carrier-pigeon"):
         build_platform(product, client, clock)
+
+
+def test_the_bot_redacts_only_with_a_redact_url(
+    client: httpx.AsyncClient, clock: FixedClock
+) -> None:
+    assert HttpPlatform(make_product(redact_url=REDACT_URL), client, clock).redacts
+    assert not HttpPlatform(make_product(), client, clock).redacts

@@ -1,7 +1,8 @@
 -- The platform confirmed a note: remove exactly what it carried and schedule what is left.
 -- A confirmed summary replaces the session's earlier action notes: their ids are returned
 -- (and forgotten) for the caller to redact.
--- Posted notes are kept as "<a|s>\31<conversation>\31<note id>" (a: actions, s: summary).
+-- Posted notes are kept as "<a|s>\31<conversation>\31<note id>" (a: actions, s: summary),
+-- the latest notes_kept of them (0: none, for a platform that cannot redact).
 -- Returns {1, replaced, due} or {0} when the lease was lost.
 local st, pre, out, notes = K.state, K.pre, K.out, K.notes
 local now, kind, note_id = tonumber(A.now_ms), A.kind, A.note_id
@@ -27,7 +28,7 @@ if kind == 'summary' then
     end
   end
 end
-if note_id ~= '' then
+if note_id ~= '' and notes_kept > 0 then
   local tag = 'a'
   if kind == 'summary' then tag = 's' end
   redis.call('RPUSH', notes, tag .. '\31' .. A.conversation_id .. '\31' .. note_id)
