@@ -8,12 +8,13 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
 
 from app.platforms.base import RetryableDeliveryError
-from app.platforms.client import PlatformTransport, http_client
+from app.platforms.client import PlatformClient, PlatformTransport, http_client
 from app.platforms.http import HttpPlatform
 from tests.conftest import free_port
 from tests.platforms.test_http import FixedClock, make_note, make_product
@@ -79,6 +80,11 @@ async def raw_server(answer: bytes | None, *, close: bool = False) -> AsyncItera
         await listener.wait_closed()
 
 
+async def post(client: httpx.AsyncClient, url: str, **options: Any) -> httpx.Response:
+    """What the adapters do (``Platform.send``): build the request, then send it as is."""
+    return await client.send(client.build_request("POST", url, **options))
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with http_client() as shared:
@@ -88,8 +94,8 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_a_post_arrives_whole_and_its_answer_reads_back(client: httpx.AsyncClient) -> None:
     async with raw_server(CREATED) as server:
-        response = await client.post(
-            server.url, content=b'{"note":"x"}', headers={"webhook-id": "msg_1"}
+        response = await post(
+            client, server.url, content=b'{"note":"x"}', headers={"webhook-id": "msg_1"}
         )
     assert (response.status_code, response.json()) == (201, {"id": "n1"})
     assert response.headers["x-note"] == "yes"
@@ -102,7 +108,7 @@ async def test_a_post_arrives_whole_and_its_answer_reads_back(client: httpx.Asyn
 async def test_keep_alive_reuses_one_connection(client: httpx.AsyncClient) -> None:
     async with raw_server(CREATED) as server:
         for _ in range(5):
-            assert (await client.post(server.url, content=b"{}")).status_code == 201
+            assert (await post(client, server.url, content=b"{}")).status_code == 201
     assert (len(server.requests), server.connections) == (5, 1)
 
 
@@ -116,19 +122,19 @@ async def test_a_broken_answer_is_an_httpx_protocol_error(
 ) -> None:
     async with raw_server(answer, close=close) as server:
         with pytest.raises(httpx.RemoteProtocolError):
-            await client.post(server.url, content=b"{}")
+            await post(client, server.url, content=b"{}")
 
 
 async def test_a_refused_connection_is_an_httpx_connect_error(client: httpx.AsyncClient) -> None:
     with pytest.raises(httpx.ConnectError):
-        await client.post(f"http://127.0.0.1:{free_port()}/notes", content=b"{}")
+        await post(client, f"http://127.0.0.1:{free_port()}/notes", content=b"{}")
 
 
 async def test_the_read_timeout_applies(client: httpx.AsyncClient) -> None:
     async with raw_server(None) as server:
         started = asyncio.get_running_loop().time()
         with pytest.raises(httpx.TimeoutException):
-            await client.post(server.url, content=b"{}", timeout=httpx.Timeout(0.2))
+            await post(client, server.url, content=b"{}", timeout=httpx.Timeout(0.2))
         assert asyncio.get_running_loop().time() - started < 2
 
 
@@ -143,3 +149,30 @@ async def test_an_adapter_sees_a_broken_platform_as_a_retryable_failure(
         platform = HttpPlatform(make_product(url=server.url), client, FixedClock())
         with pytest.raises(RetryableDeliveryError):
             await asyncio.wait_for(platform.post_note(make_note()), 5)
+
+
+async def test_send_keeps_no_cookies_between_calls(client: httpx.AsyncClient) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nset-cookie: session=abc; Path=/\r\ncontent-length: 2\r\n\r\n{}"
+    async with raw_server(answer) as server:
+        first = await post(client, server.url, content=b"{}")
+        await post(client, server.url, content=b"{}")
+    assert first.request.url == server.url
+    assert not client.cookies
+    assert b"cookie:" not in server.requests[1].lower()
+
+
+async def test_send_uses_the_transport_mounted_for_the_url() -> None:
+    seen: list[str] = []
+
+    def proxy(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(202, json={"id": "p1"})
+
+    mounts = {"https://platform.test": httpx.MockTransport(proxy)}
+    async with PlatformClient(mounts=mounts) as client:
+        response = await post(client, "https://platform.test/notes", content=b"{}")
+    assert (response.status_code, response.json(), seen) == (
+        202,
+        {"id": "p1"},
+        ["https://platform.test/notes"],
+    )
