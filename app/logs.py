@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, TextIO, cast
 
 import structlog
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (loggers are cached on first use)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _NamedWriteLogger(structlog.WriteLogger):
+    """structlog's file logger with the name ``add_logger_name`` reads."""
+
+    def __init__(self, file: _Stderr, name: str) -> None:
+        super().__init__(cast(TextIO, file))  # write and flush are all it uses
+        self.name = name
+
+
 def configure_logging(*, fmt: str = "json", level: str = "INFO") -> None:
-    """Route structlog and the standard library (uvicorn included) through one pipeline."""
+    """One format for every line: the service's own lines are rendered and written by
+    structlog directly (about half the CPU per line of a trip through the ``logging``
+    module, and the request log is one line per request); the standard library's (uvicorn,
+    libraries) go through ``logging`` and the same processors."""
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -21,10 +43,15 @@ def configure_logging(*, fmt: str = "json", level: str = "INFO") -> None:
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    stream = _Stderr()
+
+    def named_logger(*args: Any) -> _NamedWriteLogger:
+        return _NamedWriteLogger(stream, str(args[0]) if args else "")
+
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        logger_factory=named_logger,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
