@@ -8,6 +8,7 @@ the number of connections through uvicorn's own settings.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 from types import FrameType
@@ -262,4 +263,20 @@ def serve(app: FastAPI, *, host: str, port: int, settings: Settings | None = Non
         timeout_keep_alive=settings.keepalive_timeout_s,
         limit_concurrency=settings.max_connections,
     )
+    tune_gc()
     BridgeServer(config, app).run()
+
+
+def tune_gc() -> None:
+    """Collect garbage less often, and never walk the objects that live as long as the process.
+
+    What exists before the server starts (modules, models, routes) is never garbage:
+    ``gc.freeze`` keeps every later collection from walking it again. Most of what a request
+    allocates is freed by reference counting, so a first generation of 50 000 (default 700)
+    is rarely reached. Measured with bench/app_calls.py (the same rounds of 15 000 batches
+    and 8 000 notes): with the defaults, about 1 800 young and 7 full collections, the full
+    ones stopping the event loop for up to 75 ms each (a note's p99 budget is 50 ms above
+    its debounce); with these settings, none.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
