@@ -60,6 +60,8 @@ B2_P50_TARGET_MS = 165.0
 B2_P99_TARGET_MS = 200.0
 DEFAULT_SWEEP_RATES = "100,300,400,500,600"
 QUICK_SWEEP_RATES = "100,400"
+B6_BATCH_TARGET_MS = 0.6
+B6_NOTE_TARGET_MS = 1.0
 B4_RATIO_TARGET = 0.9
 B4_BYTES_TARGET = 1024
 B4_RSS_GROWTH_PCT = 10.0  # "does not grow with sessions", allowing for allocator noise
@@ -263,6 +265,33 @@ async def rate_sweep(
     return results
 
 
+async def b6_intake(run: Run, sender: Sender, service: Bridge) -> dict[str, Any]:
+    """B2's load for half as long on b1, whose notes are not due: intake alone at that rate."""
+    args = run.args
+    plan = latency.B2Plan(args.b2_sessions, args.b2_rate, args.b2_duration / 2, args.debounce)
+    result = await latency.intake_at_rate(
+        sender,
+        run_id=run.run_id,
+        plan=plan,
+        product_id="b1",
+        service_cpu=lambda: infra.process_cpu_s(service.proc.pid),
+    )
+    run.say(f"B6 intake at {args.b2_rate:g}/s: {result['service_cpu_ms_per_batch']} ms per batch")
+    return result
+
+
+def b6_figures(results: dict[str, Any]) -> dict[str, float | None]:
+    """CPU per batch (B1, saturated) and per note: B2's CPU per batch and its note, less intake
+    alone at B2's rate (at 200 batches/s a batch costs more than under B1's saturation, where
+    the event loop's work is shared by many requests)."""
+    b1 = results["b1"]["service"]["cpu"]["server"]["cpu_ms_per_request"]
+    b2 = results["b2"]["service_cpu_ms_per_batch"]
+    intake = results.get("b6_intake", {}).get("service_cpu_ms_per_batch")
+    notes, batches = results["b2"]["notes"], results["b2"]["batches_sent"]
+    per_note = (b2 - intake) * batches / notes if intake is not None and notes else None
+    return {"batch_b1": b1, "batch_at_b2_rate": intake, "note": per_note}
+
+
 async def b2_and_sweep(run: Run, sender: Sender, service: Bridge) -> dict[str, Any]:
     """B2 at its rate, then the rate sweep. B2 at --b2-info-rate, which B7 compares the cluster
     with, is the sweep's run at that rate, or a run of its own (half --b2-duration, as on the
@@ -277,8 +306,8 @@ async def b2_and_sweep(run: Run, sender: Sender, service: Bridge) -> dict[str, A
     main = await run_b2(
         run, sender, service, rate=args.b2_rate, duration_s=args.b2_duration, tag=""
     )
+    results: dict[str, Any] = {"b2": main, "b6_intake": await b6_intake(run, sender, service)}
     swept = await rate_sweep(args.sweep_rates, at, already=[main])
-    results: dict[str, Any] = {"b2": main}
     if swept:
         results["b2_sweep"] = sweep = sweep_summary(sweep_point(r) for r in [main, *swept])
         first_over = sweep["first_rate_over_200ms_p99"]
@@ -571,6 +600,37 @@ def b1_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def b6_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    cpu = b6_figures(results)
+    rate = results["b2"]["rate_per_s"]
+    bare = results["b1"]["baseline"]["cpu"]["server"]["cpu_ms_per_request"]
+    rows = [
+        _row(
+            "B6",
+            "service CPU per ingested batch (B1)",
+            f"{bare:.3f} ms bare endpoint",
+            f"{cpu['batch_b1']:.3f} ms",
+            f"{cpu['batch_b1'] / bare:.2f}",
+            f"<= {B6_BATCH_TARGET_MS} ms",
+            cpu["batch_b1"] <= B6_BATCH_TARGET_MS,
+        )
+    ]
+    if cpu["note"] is not None and cpu["batch_at_b2_rate"] is not None:
+        rows.append(
+            _row(
+                "B6",
+                f"service CPU per delivered note (B2 less intake at {rate:g}/s: "
+                f"{cpu['batch_at_b2_rate']:.3f} ms per batch)",
+                f"{B6_NOTE_TARGET_MS} ms target",
+                f"{cpu['note']:.3f} ms",
+                f"{cpu['note'] / B6_NOTE_TARGET_MS:.2f}",
+                f"<= {B6_NOTE_TARGET_MS} ms",
+                cpu["note"] <= B6_NOTE_TARGET_MS,
+            )
+        )
+    return rows
+
+
 def b2_rows(b2: dict[str, Any]) -> list[dict[str, Any]]:
     lat, debounce = b2["latency_ms"], b2["debounce_ms"]
     return [
@@ -793,6 +853,7 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = b1_rows(results["b1"]) + b2_rows(results["b2"])
     if "b2_sweep" in results:
         rows += sweep_rows(results["b2_sweep"], target_rate=results["b2"]["rate_per_s"])
+    rows += b6_rows(results)
     rows += b3_rows(results["b3"]) + b5_rows(results["b5"])
     if "b4" in results:
         rows += b4_rows(results["b4"])

@@ -144,6 +144,38 @@ async def b2(
     return b2_report(plan, sent, notes_of(records, "b2"), cpu_s, elapsed_s)
 
 
+async def intake_at_rate(
+    sender: Sender,
+    *,
+    run_id: str,
+    plan: B2Plan,
+    product_id: str,
+    service_cpu: Callable[[], float],
+) -> dict[str, Any]:
+    """B2's load on a product whose notes are not due during the run (B1's): the service's CPU
+    per batch for intake alone at B2's rate, which B6 subtracts from B2's to price a note."""
+    sids = [f"b6-{run_id}-{i}" for i in range(plan.sessions)]
+    await link_all(sender, product_id, sids)
+    total = round(plan.rate_per_s * plan.duration_s)
+
+    async def one(k: int) -> Sent:
+        body = batch_body(sids[k % plan.sessions], descriptions("b6", k), ts=time.time())
+        return await sender.batch(k, product_id, body)
+
+    jobs = [(lambda k=k: one(k)) for k in range(total)]
+    cpu_before, started = service_cpu(), time.monotonic()
+    sent = await paced(jobs, rate_per_s=plan.rate_per_s)
+    cpu_s, elapsed_s = service_cpu() - cpu_before, time.monotonic() - started
+    return {
+        "rate_per_s": plan.rate_per_s,
+        "duration_s": plan.duration_s,
+        "batches_sent": len(sent),
+        "batches_accepted": len(accepted_times(sent)),
+        "service_cores_busy": round(cpu_s / elapsed_s, 2),
+        "service_cpu_ms_per_batch": round(cpu_s * 1000 / len(sent), 3),
+    }
+
+
 # -- B3 ---------------------------------------------------------------------------------------
 
 

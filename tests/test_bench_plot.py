@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import plot
+from bench import bench, plot
 from bench.bench import (
     parse_args,
     parse_rates,
@@ -237,3 +237,15 @@ def test_quick_shrinks_the_default_sweep_but_keeps_an_explicit_one() -> None:
     assert (quick.sweep_rates, quick.sweep_duration) == ([100, 400], 3.0)
     assert parse_args(["--quick", "--sweep-rates", ""]).sweep_rates == []
     assert parse_args(["--quick", "--sweep-rates", "250"]).sweep_rates == [250]
+
+
+def test_b6_prices_a_note_as_b2_less_intake_at_the_same_rate() -> None:
+    results = {
+        "b1": {"service": {"cpu": {"server": {"cpu_ms_per_request": 0.7}}}},
+        "b2": {"service_cpu_ms_per_batch": 3.0, "notes": 1000, "batches_sent": 2000},
+        "b6_intake": {"service_cpu_ms_per_batch": 1.5},
+    }
+    # 2000 batches cost 3.0 ms each with their notes and 1.5 ms each without: 1000 notes
+    # cost 3000 ms of CPU, 3 ms apiece.
+    assert bench.b6_figures(results) == {"batch_b1": 0.7, "batch_at_b2_rate": 1.5, "note": 3.0}
+    assert bench.b6_figures({**results, "b6_intake": {}})["note"] is None
