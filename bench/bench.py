@@ -11,7 +11,7 @@ baseline run in the same invocation, on loopback, with every process started and
       then on 3 primaries + 3 replicas with BRIDGE_REDIS_WAIT_REPLICAS=1 (the cost of WAIT)
 
     .venv/bin/python bench/bench.py [--b4-sessions 100000] [--skip-cluster] [--quick]
-        [--sweep-rates 100,300,400,500,600] [--sweep-duration 8]
+        [--sweep-rates 100,250,300,400,500,600] [--sweep-duration 8]
 
 Results go to bench/results/latest.json, and the sweep's p50/p99 by rate to
 bench/results/b2-latency.svg; docs/performance.md explains the method.
@@ -58,7 +58,7 @@ PLOT_FILE = RESULTS_FILE.with_name("b2-latency.svg")
 B1_TARGET = 0.8
 B2_P50_TARGET_MS = 165.0
 B2_P99_TARGET_MS = 200.0
-DEFAULT_SWEEP_RATES = "100,300,400,500,600"
+DEFAULT_SWEEP_RATES = "100,250,300,400,500,600"
 QUICK_SWEEP_RATES = "100,400"
 B6_BATCH_TARGET_MS = 0.6
 B6_NOTE_TARGET_MS = 1.0
