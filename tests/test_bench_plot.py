@@ -228,7 +228,7 @@ def test_bad_sweep_rates_are_refused(text: str) -> None:
 
 def test_the_default_sweep() -> None:
     args = parse_args([])
-    assert (args.sweep_rates, args.sweep_duration) == ([100, 300, 400, 500, 600], 8.0)
+    assert (args.sweep_rates, args.sweep_duration) == ([100, 250, 300, 400, 500, 600], 8.0)
     assert args.b2_info_rate in args.sweep_rates
 
 
