@@ -200,8 +200,12 @@ class DeliveryWorker:
         return max(0.0, min(min(self._shard_due), self._next_sweep) - now)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
+        was_full = len(self._in_flight) >= self._concurrency
         self._in_flight.discard(task)
-        self._wake_now()
+        # New due times arrive through notify(); a finished delivery matters to the loop only
+        # when it was waiting for a free slot, or to end a drain.
+        if was_full or self._drain_until is not None:
+            self._wake_now()
 
     async def _sleep(self, delay: float) -> None:
         self._wake_at = min(self._wake_at, self._clock.now() + delay)
@@ -210,8 +214,10 @@ class DeliveryWorker:
             remaining = self._wake_at - self._clock.now()
             if remaining <= 0:
                 return
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs a task per sleep.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
 
     async def _claim(self, limit: int, *, shards: list[int] | None) -> list[Claim]:
         known = list(self._shard_due)
