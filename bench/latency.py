@@ -51,9 +51,32 @@ def all_delivered(bench: str, keys: set[int]) -> Any:
     return done
 
 
-async def send_batch(sender: Sender, bench: str, key: int, session_id: str) -> Sent:
+async def send_batch(
+    sender: Sender, bench: str, key: int, session_id: str, product_id: str = PRODUCT
+) -> Sent:
     body = batch_body(session_id, descriptions(bench, key), ts=time.time())
-    return await sender.batch(key, PRODUCT, body)
+    return await sender.batch(key, product_id, body)
+
+
+async def paced_batches(
+    sender: Sender,
+    bench: str,
+    product_id: str,
+    session_ids: Sequence[str],
+    plan: B2Plan,
+    service_cpu: Callable[[], float],
+) -> tuple[list[Sent], float, float]:
+    """Link the sessions, then send the plan's batches to them round-robin at its rate, open
+    loop. Returns what was sent, the service's CPU seconds and the seconds the sending took."""
+    await link_all(sender, product_id, session_ids)
+    total = round(plan.rate_per_s * plan.duration_s)
+    jobs = [
+        (lambda k=k: send_batch(sender, bench, k, session_ids[k % len(session_ids)], product_id))
+        for k in range(total)
+    ]
+    cpu_before, started = service_cpu(), time.monotonic()
+    sent = await paced(jobs, rate_per_s=plan.rate_per_s)
+    return sent, service_cpu() - cpu_before, time.monotonic() - started
 
 
 def accepted_times(sent: Sequence[Sent]) -> dict[int, float]:
@@ -126,15 +149,8 @@ async def b2(
     """Round-robin batches over linked sessions at a fixed rate (a session every
     sessions/rate seconds, far more than the debounce), each answered by one note."""
     sids = [f"b2-{run_id}-{i}" for i in range(plan.sessions)]
-    await link_all(sender, PRODUCT, sids)
-    since = bot.count()
-    total = round(plan.rate_per_s * plan.duration_s)
-    jobs = [
-        (lambda k=k: send_batch(sender, "b2", k, sids[k % plan.sessions])) for k in range(total)
-    ]
-    cpu_before, started = service_cpu(), time.monotonic()
-    sent = await paced(jobs, rate_per_s=plan.rate_per_s)
-    cpu_s, elapsed_s = service_cpu() - cpu_before, time.monotonic() - started
+    since = bot.count()  # linking a session with nothing buffered posts no note
+    sent, cpu_s, elapsed_s = await paced_batches(sender, "b2", PRODUCT, sids, plan, service_cpu)
     records = await collect(
         bot,
         since=since,
@@ -155,17 +171,7 @@ async def intake_at_rate(
     """B2's load on a product whose notes are not due during the run (B1's): the service's CPU
     per batch for intake alone at B2's rate, which B6 subtracts from B2's to price a note."""
     sids = [f"b6-{run_id}-{i}" for i in range(plan.sessions)]
-    await link_all(sender, product_id, sids)
-    total = round(plan.rate_per_s * plan.duration_s)
-
-    async def one(k: int) -> Sent:
-        body = batch_body(sids[k % plan.sessions], descriptions("b6", k), ts=time.time())
-        return await sender.batch(k, product_id, body)
-
-    jobs = [(lambda k=k: one(k)) for k in range(total)]
-    cpu_before, started = service_cpu(), time.monotonic()
-    sent = await paced(jobs, rate_per_s=plan.rate_per_s)
-    cpu_s, elapsed_s = service_cpu() - cpu_before, time.monotonic() - started
+    sent, cpu_s, elapsed_s = await paced_batches(sender, "b6", product_id, sids, plan, service_cpu)
     return {
         "rate_per_s": plan.rate_per_s,
         "duration_s": plan.duration_s,
