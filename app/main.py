@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from starlette.routing import Route
 
 from app import __version__, openapi
-from app.api import debug, health, ingest, sessions, webhooks
+from app.api import debug, health, ingest, posthog, sessions, webhooks
 from app.api.deps import Services
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
@@ -205,7 +205,7 @@ def create_app(
     # A worker serves only its probes and metrics: intake goes to the api processes.
     if serves_api:
         app.include_plain(ingest.router)
-    for module in (webhooks, sessions, health, debug) if serves_api else (health,):
+    for module in (webhooks, posthog, sessions, health, debug) if serves_api else (health,):
         app.include_router(module.router)
     install_docs(app)
     return app

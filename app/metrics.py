@@ -28,6 +28,11 @@ REQUESTS_REPLAYED = Counter(
     "Requests already applied once (same body and credentials, or same webhook-id).",
     ["product", "route"],
 )
+POSTHOG_EVENTS = Counter(
+    "bridge_posthog_events_total",
+    "PostHog events received, by what became of them.",
+    ["product", "result"],
+)
 BATCHES_REJECTED = Counter(
     "bridge_batches_rejected_total", "Ingest requests refused.", ["product", "reason"]
 )

@@ -310,6 +310,17 @@ class IngestResponse(BaseModel):
     linked: bool
 
 
+class PosthogResponse(BaseModel):
+    """What ``POST /posthog/{product_id}`` did with a request's events."""
+
+    status: Literal["accepted"] = "accepted"
+    accepted: int = Field(description="Actions stored (one per event kept).")
+    duplicates: int = Field(description="Events already received once (same `uuid`).")
+    ignored: int = Field(
+        description="Events not kept: a name outside `events`, or no usable `$session_id`."
+    )
+
+
 class WebhookResponse(BaseModel):
     status: Literal["linked", "already_linked", "pending_identity", "ignored", "duplicate"]
     session_id: str | None = None

@@ -38,6 +38,7 @@ carries `Retry-After` (seconds): nothing was stored, so the same request may be 
 TAGS: list[dict[str, str]] = [
     {"name": "ingest", "description": "Action batches and summaries from the event pipeline."},
     {"name": "webhooks", "description": "Conversation events from each product's chat platform."},
+    {"name": "posthog", "description": "Events from PostHog's HTTP Webhook destination."},
     {"name": "sessions", "description": "Linking and session state for custom integrations."},
     {"name": "operations", "description": "Probes and metrics."},
     {
@@ -53,6 +54,7 @@ CONNECTOR_SIGNATURE = "connectorSignature"
 STANDARD_WEBHOOKS = "standardWebhooks"
 INTERCOM_SIGNATURE = "intercomSignature"
 ZENDESK_SIGNATURE = "zendeskSignature"
+POSTHOG_HEADER = "posthogHeader"
 ADMIN_BEARER = "adminToken"
 
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
@@ -77,7 +79,8 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "secret rotation), and the request also carries `webhook-id` (at most 256 characters, "
         "unique per message) and `webhook-timestamp` (Unix seconds, within 5 minutes). The key "
         "is the `whsec_` secret: the product's `ingest_webhook_secret` for /actions and "
-        "/sessions, its `[http]` or `[console]` `webhook_secret` for /chatbot-webhook.",
+        "/sessions, its `[http]` or `[console]` `webhook_secret` for /chatbot-webhook, its "
+        "`[posthog]` `webhook_secret` for /posthog.",
     },
     INTERCOM_SIGNATURE: {
         "type": "apiKey",
@@ -94,6 +97,14 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "followed by the raw body, keyed with the webhook's signing secret; the timestamp "
         "(ISO 8601, also sent) must be within 5 minutes.",
     },
+    POSTHOG_HEADER: {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-PostHog-Secret",
+        "description": "A static header for PostHog versions that do not sign: the header "
+        "named by the product's `[posthog]` `header_name` (shown here as X-PostHog-Secret), "
+        "carrying its `header_secret`.",
+    },
     ADMIN_BEARER: {
         "type": "http",
         "scheme": "bearer",
@@ -103,6 +114,7 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
 
 INGEST_CREDENTIALS = (INGEST_BEARER, CONNECTOR_SIGNATURE, STANDARD_WEBHOOKS)
 PLATFORM_SIGNATURES = (INTERCOM_SIGNATURE, ZENDESK_SIGNATURE, STANDARD_WEBHOOKS)
+POSTHOG_CREDENTIALS = (STANDARD_WEBHOOKS, POSTHOG_HEADER)
 
 
 def security(*alternatives: str) -> dict[str, Any]:
@@ -128,6 +140,9 @@ class ErrorCase:
 
 
 UNKNOWN_PRODUCT = ErrorCase(404, "unknown_product", "No product with this id is configured.")
+POSTHOG_NOT_CONFIGURED = ErrorCase(
+    404, "posthog_not_configured", "The product has no `[posthog]` section."
+)
 UNKNOWN_SESSION = ErrorCase(404, "unknown_session", "The bridge holds no such session.")
 INVALID_PARAMETER = ErrorCase(
     422, "invalid_request", "A path or query parameter failed validation; `fields` names it."

@@ -33,6 +33,7 @@ SECRET_KEYS = frozenset(
         "webhook_secret",
         "signing_secret",
         "ingest_webhook_secret",
+        "header_secret",
     }
 )
 MIN_SECRET_CHARS = 16
@@ -140,6 +141,68 @@ class ConsoleConfig(_Strict):
     _secrets = field_validator("webhook_secret")(_optional_whsec)
 
 
+# The PostHog events kept by default: what a user did in the UI, not custom or internal events.
+DEFAULT_POSTHOG_EVENTS = (
+    "$autocapture",
+    "$pageview",
+    "$pageleave",
+    "$rageclick",
+    "$dead_click",
+    "$screen",
+)
+ALL_EVENTS = "*"
+# An HTTP header name (RFC 9110 token characters).
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
+
+
+def _header_name(value: str | None) -> str | None:
+    if value is not None and not _HEADER_NAME.match(value):
+        raise ValueError("must be an HTTP header name (1-64 letters, digits or -_.)")
+    return value
+
+
+def _event_names(value: list[str]) -> list[str]:
+    if any(not name.strip() for name in value):
+        raise ValueError("an event name must not be empty")
+    return value
+
+
+class PosthogConfig(_Strict):
+    """PostHog's HTTP Webhook destination posting events to ``/posthog/<id>``."""
+
+    # Standard Webhooks key (whsec_...): the destination's signing secret.
+    webhook_secret: str | None = None
+    # Or a static header the destination sends, for PostHog versions that do not sign.
+    header_name: str | None = None
+    header_secret: str | None = None
+    events: list[str] = Field(default_factory=lambda: list(DEFAULT_POSTHOG_EVENTS), min_length=1)
+    replay_links: bool = False
+    project_url: str | None = None
+
+    _whsec = field_validator("webhook_secret")(_optional_whsec)
+    _secrets = field_validator("header_secret")(_secret)
+    _names = field_validator("header_name")(_header_name)
+    _events = field_validator("events")(_event_names)
+    _urls = field_validator("project_url")(_http_url)
+
+    @model_validator(mode="after")
+    def _check_verification(self) -> Self:
+        if (self.header_name is None) != (self.header_secret is None):
+            raise ValueError("set header_name and header_secret together, or neither")
+        if self.webhook_secret is None and self.header_name is None:
+            raise ValueError("set webhook_secret, or header_name and header_secret")
+        return self
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        """The key bytes of ``webhook_secret`` (validated at load)."""
+        return None if self.webhook_secret is None else decode_whsec(self.webhook_secret)
+
+    def keeps(self, event_name: str | None) -> bool:
+        """Whether an event of this name becomes an action (``["*"]`` keeps every event)."""
+        return ALL_EVENTS in self.events or (event_name is not None and event_name in self.events)
+
+
 class ProductConfig(_Strict):
     """One tenant: its credentials, delivery timings and platform."""
 
@@ -163,6 +226,7 @@ class ProductConfig(_Strict):
     zendesk: ZendeskConfig | None = None
     http: HttpConfig | None = None
     console: ConsoleConfig | None = None
+    posthog: PosthogConfig | None = None
 
     _secrets = field_validator("ingest_token", "ingest_secret")(_secret)
     _ingest_whsec = field_validator("ingest_webhook_secret")(_optional_whsec)
@@ -205,6 +269,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "zendesk": ZendeskConfig,
     "http": HttpConfig,
     "console": ConsoleConfig,
+    "posthog": PosthogConfig,
 }
 
 

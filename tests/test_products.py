@@ -720,3 +720,69 @@ def test_every_problem_of_every_product_is_reported_at_once(tmp_path: Path) -> N
 def test_an_unknown_key_far_from_any_known_one_gets_no_suggestion(tmp_path: Path) -> None:
     message = error_of(tmp_path, intercom_product(extra="zzz_qqq = 1"))
     assert message == "products.acme.zzz_qqq: unknown key"
+
+
+# --- posthog ----------------------------------------------------------------------------------
+
+
+def posthog_product(section: str) -> str:
+    return intercom_product(section=INTERCOM_SECTION + "[products.acme.posthog]\n" + section)
+
+
+def test_posthog_section_defaults(tmp_path: Path) -> None:
+    posthog = load(tmp_path, posthog_product(f'webhook_secret = "{whsec(32)}"\n'))["acme"].posthog
+    assert posthog is not None
+    assert posthog.events == [
+        "$autocapture", "$pageview", "$pageleave", "$rageclick", "$dead_click", "$screen",
+    ]  # fmt: skip
+    assert (posthog.replay_links, posthog.project_url, posthog.header_name) == (False, None, None)
+    assert posthog.keeps("$pageview") and not posthog.keeps("invoice_exported")
+
+
+def test_posthog_static_header_and_stored_options(tmp_path: Path) -> None:
+    section = (
+        'header_name = "X-PostHog-Secret"\nheader_secret = "hs-0123456789abcdef"\n'
+        'events = ["*"]\nreplay_links = true\nproject_url = "https://eu.posthog.com/project/1"\n'
+    )
+    posthog = load(tmp_path, posthog_product(section))["acme"].posthog
+    assert posthog is not None and posthog.webhook_secret is None
+    assert posthog.keeps("anything") and posthog.replay_links
+    assert posthog.project_url == "https://eu.posthog.com/project/1"
+    view = masked_view(load(tmp_path, posthog_product(section))["acme"])
+    assert view["posthog"]["header_secret"].startswith("****")
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("replay_links = true\n", "products.acme.posthog: set webhook_secret, or header_name"),
+        ('header_name = "X-Secret"\n', "products.acme.posthog: set header_name and header_secret"),
+        ('header_secret = "hs-0123456789abcdef"\n', "set header_name and header_secret together"),
+        (
+            'header_name = "X-Secret"\nheader_secret = "short"\n',
+            "products.acme.posthog.header_secret: is too short",
+        ),
+        (
+            'header_name = "X Secret"\nheader_secret = "hs-0123456789abcdef"\n',
+            "products.acme.posthog.header_name: must be an HTTP header name",
+        ),
+        ('webhook_secret = "plain-secret-0123456789"\n', "products.acme.posthog.webhook_secret"),
+        (f'webhook_secret = "{whsec(23)}"\n', "products.acme.posthog.webhook_secret"),
+        (
+            f'webhook_secret = "{whsec(32)}"\nevents = []\n',
+            "products.acme.posthog.events: List should have at least 1 item",
+        ),
+        (
+            f'webhook_secret = "{whsec(32)}"\nproject_url = "eu.posthog.com"\n',
+            "products.acme.posthog.project_url: must be an http:// or https:// URL",
+        ),
+        (
+            f'webhook_secret = "{whsec(32)}"\nwebhook_secert = "x"\n',
+            "products.acme.posthog.webhook_secert: unknown key (did you mean 'webhook_secret'?)",
+        ),
+    ],
+)
+def test_invalid_posthog_section(tmp_path: Path, section: str, expected: str) -> None:
+    message = error_of(tmp_path, posthog_product(section))
+    assert expected in message
+    assert "hs-0123456789abcdef" not in message and "plain-secret-0123456789" not in message

@@ -43,6 +43,7 @@ from hypothesis_jsonschema import from_schema
 from pydantic import BaseModel
 from starlette.routing import Route
 
+from app.api.posthog import PosthogWebhook
 from app.main import create_app
 from app.models import ActionsPayload, LinkRequest, ProactiveRequest, SummaryPayload
 from app.platforms.http import BotEvent
@@ -71,6 +72,8 @@ ADMIN_TOKEN = "fuzz-admin-token-0123456789"
 INGEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"i" * 32).decode()
 INTERCOM_SECRET = "fuzz-intercom-client-secret"
 ZENDESK_SECRET = "fuzz-zendesk-webhook-secret"
+POSTHOG_SECRET = "whsec_" + base64.b64encode(b"p" * 32).decode()
+POSTHOG_HEADER, POSTHOG_HEADER_SECRET = "x-posthog-secret", "fuzz-posthog-header-secret"
 ZENDESK_USERS = "https://globex.zendesk.com/api/v2/users/"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MAX_BODY_BYTES: int = Settings.model_fields["max_body_bytes"].default
@@ -90,8 +93,15 @@ def fuzz_products() -> list[ProductConfig]:
         "api_token": "fuzz-zendesk-api-token",
         "webhook_secret": ZENDESK_SECRET,
     }
+    # Only the http product takes PostHog events: the others answer posthog_not_configured.
+    posthog = {
+        "webhook_secret": POSTHOG_SECRET,
+        "header_name": POSTHOG_HEADER,
+        "header_secret": POSTHOG_HEADER_SECRET,
+        "events": ["$autocapture", "$pageview"],
+    }
     return [
-        make_product(HTTP, "http", **ingest),
+        make_product(HTTP, "http", posthog=posthog, **ingest),
         make_product(CONSOLE, "console", **ingest),
         make_product(INTERCOM, "intercom", intercom=intercom, **ingest),
         make_product(ZENDESK, "zendesk", zendesk=zendesk, **ingest),
@@ -464,6 +474,49 @@ WEBHOOK_BODIES = {
 }
 
 
+POSTHOG_FIXTURES = _fixtures("posthog")
+# The fixtures as they are (stored, then duplicates), under new uuids and sessions (stored), and
+# documents from the body's model.
+POSTHOG_DOCUMENTS = weighted(
+    (2, st.sampled_from(POSTHOG_FIXTURES)),
+    (
+        2,
+        st.tuples(st.sampled_from(POSTHOG_FIXTURES), st.uuids(), st.sampled_from(SESSIONS)).map(
+            lambda t: {
+                **t[0],
+                "event": {
+                    **t[0]["event"],
+                    "uuid": str(t[1]),
+                    "properties": {**t[0]["event"]["properties"], "$session_id": t[2]},
+                },
+            }
+        ),
+    ),
+    # Objects of free keys are narrowed to the keys read (hypothesis-jsonschema's own object
+    # strategy fails, see documents()); the name is either kept or not.
+    (
+        1,
+        documents(
+            PosthogWebhook,
+            properties={
+                "type": "object",
+                "properties": {
+                    "$session_id": {"enum": [*SESSIONS, "", "not a session id"]},
+                    **{key: {"type": "string"} for key in ("$current_url", "$pathname")},
+                    **{key: {"type": "string"} for key in ("$el_text", "$event_type", "email")},
+                },
+            },
+            project={"type": "object", "properties": {"id": {"type": "integer"}}},
+        ),
+    ),
+)
+POSTHOG_BODIES = weighted(
+    (6, bodies(POSTHOG_DOCUMENTS)),
+    (3, bodies(st.lists(POSTHOG_DOCUMENTS, max_size=3))),
+    (1, POSTHOG_DOCUMENTS.map(lambda document: [document] * 101).map(encode)),
+)
+
+
 # --- paths and headers -------------------------------------------------------------------------
 
 HEADER_TEXT = st.text(
@@ -603,6 +656,19 @@ def credentials(draw: st.DrawFn, body: bytes, now: float) -> dict[str, str]:
 
 
 @st.composite
+def posthog_credentials(draw: st.DrawFn, body: bytes, now: float) -> dict[str, str]:
+    """The destination's Standard Webhooks signature, the static header (right or wrong), the
+    ingest token (not a PostHog credential), none, or garbage."""
+    kind = draw(st.sampled_from(["webhook", "webhook", "header", "header", "other"]))
+    if kind == "webhook":
+        return draw(standard_webhook(POSTHOG_SECRET, body, now))
+    if kind == "header":
+        value = draw(mostly(st.just(POSTHOG_HEADER_SECRET), GARBAGE, ratio=3))
+        return {POSTHOG_HEADER: value}
+    return draw(credentials(body, now))
+
+
+@st.composite
 def request_headers(
     draw: st.DrawFn, auth: st.SearchStrategy[dict[str, str]], *, json_body: bool = True
 ) -> dict[str, str]:
@@ -735,6 +801,7 @@ async def h(redis_client: aioredis.Redis, clock: ManualClock) -> AsyncIterator[H
 
 INGEST = ("POST", "/actions/{product_id}")
 WEBHOOK = ("POST", "/chatbot-webhook/{product_id}")
+POSTHOG = ("POST", "/posthog/{product_id}")
 SESSION_WRITES = {
     ("POST", "/sessions/link"): LINK_BODIES,
     ("POST", "/sessions/{product_id}/{session_id}/proactive"): PROACTIVE_BODIES,
@@ -802,6 +869,17 @@ async def test_bot_webhooks_never_fail(h: Harness, product_id: str, data: st.Dat
 @given(data=st.data())
 async def test_vendor_webhooks_never_fail(h: Harness, product_id: str, data: st.DataObject) -> None:
     await fuzz_webhook(h, product_id, data)
+
+
+@fuzzes(POSTHOG)
+@bounded(400)
+@given(data=st.data())
+async def test_posthog_events_never_fail(h: Harness, data: st.DataObject) -> None:
+    """PostHog events, one or an array, signed, with the static header, or neither."""
+    url = fill(data, POSTHOG[1])
+    body = data.draw(POSTHOG_BODIES, label="body")
+    headers = data.draw(request_headers(posthog_credentials(body, h.clock.now())), label="headers")
+    await send(h, "POST", url, body=body, headers=headers)
 
 
 @fuzzes(*SESSION_WRITES)

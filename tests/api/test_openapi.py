@@ -48,6 +48,7 @@ SECURITY: dict[tuple[str, str], list[str]] = {
         "zendeskSignature",
         "standardWebhooks",
     ],
+    ("post", "/posthog/{product_id}"): ["standardWebhooks", "posthogHeader"],
     ("post", "/sessions/link"): WRITE,
     ("get", "/sessions/{product_id}/{session_id}"): ["ingestToken", "adminToken"],
     ("post", "/sessions/{product_id}/{session_id}/proactive"): WRITE,
@@ -63,6 +64,7 @@ SECURITY: dict[tuple[str, str], list[str]] = {
 SUCCESS: dict[tuple[str, str], tuple[str, str]] = {
     ("post", "/actions/{product_id}"): ("202", "IngestResponse"),
     ("post", "/chatbot-webhook/{product_id}"): ("200", "WebhookResponse"),
+    ("post", "/posthog/{product_id}"): ("202", "PosthogResponse"),
     ("post", "/sessions/link"): ("200", "WebhookResponse"),
     ("get", "/sessions/{product_id}/{session_id}"): ("200", "SessionState"),
     ("post", "/sessions/{product_id}/{session_id}/proactive"): ("200", "SessionState"),
@@ -87,6 +89,10 @@ ERRORS: dict[tuple[str, str], set[str]] = {
     ("head", "/chatbot-webhook/{product_id}"): {"unknown_product"},
     ("post", "/chatbot-webhook/{product_id}"): {"unknown_product", "invalid_signature"}
     | {"invalid_webhook", "platform_unavailable"}
+    | BODY
+    | STORE,
+    ("post", "/posthog/{product_id}"): {"unknown_product", "posthog_not_configured"}
+    | {"unauthorized", "invalid_payload"}
     | BODY
     | STORE,
     ("post", "/sessions/link"): {"unknown_product", "unauthorized", "invalid_payload"}
@@ -284,6 +290,18 @@ def test_the_platforms_fixtures_match_the_webhook_body(document: dict[str, Any])
     check.validate({"event": "conversation.created", "conversation_id": "c1", "session_id": "s1"})
 
 
+def test_posthog_takes_an_event_or_an_array_of_them(document: dict[str, Any]) -> None:
+    check = validator(document, body_schema(document, "post", "/posthog/{product_id}"))
+    fixtures = [json.loads(f.read_text()) for f in sorted((FIXTURES / "posthog").glob("*.json"))]
+    assert len(fixtures) >= 2
+    for fixture in fixtures:
+        check.validate(fixture)
+    check.validate(fixtures)
+    assert not check.is_valid([])
+    assert not check.is_valid(fixtures[:1] * 101)
+    assert not check.is_valid({"person": {}})
+
+
 # --- answers ----------------------------------------------------------------------------------
 
 
@@ -395,6 +413,7 @@ def test_the_security_schemes(document: dict[str, Any]) -> None:
         "standardWebhooks": "webhook-signature",
         "intercomSignature": "X-Hub-Signature",
         "zendeskSignature": "X-Zendesk-Webhook-Signature",
+        "posthogHeader": "X-PostHog-Secret",
     }
     for name, header in headers.items():
         assert schemes[name] | {"description": ""} == {
