@@ -14,8 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 import respx
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from app.posthog.describe import event_time
+from app.products import load_products
 from app.security import decode_whsec, standard_webhook_headers
 from tests.conftest import INGEST_TOKEN, NOTES_URL, ManualClock, make_product
 from tests.harness import Harness, running_app
@@ -335,3 +337,35 @@ async def test_more_than_100_events_is_422_and_stores_nothing(h: Harness) -> Non
         event(CLICK, uuid=f"u-{i}", timestamp=f"2025-03-14T09:26:53.{i:03d}Z") for i in range(100)
     ]
     assert (await post(h, many, msg_id="msg_2")).json()["accepted"] == 100
+
+
+# --- the README's walkthrough, on the example products file ------------------------------------
+
+EXAMPLE_FILE = Path(__file__).resolve().parents[2] / "config" / "products.example.toml"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+async def test_the_demo_product_takes_the_readmes_posthog_click(
+    redis_client: aioredis.Redis,
+) -> None:
+    demo = load_products(EXAMPLE_FILE)["demo"]
+    assert demo.posthog is not None and demo.posthog.header_secret is not None
+    secret = demo.posthog.header_secret
+    assert f"X-PostHog-Secret: {secret}" in README.read_text()  # the walkthrough's header
+    click = event(
+        CLICK,
+        distinct_id="user-7",
+        properties={"$session_id": "sess-ph", "$current_url": "https://app.example.com/dashboard"},
+    )
+    clock = ManualClock(T0)
+    async with running_app(products=[demo], clock=clock, redis_client=redis_client) as h:
+        headers = {"content-type": "application/json", "X-PostHog-Secret": secret}
+        r = await post(h, click, product_id="demo", headers=headers)
+        assert r.json() == {"status": "accepted", "accepted": 1, "duplicates": 0, "ignored": 0}
+        hook = {"event": "conversation.created", "conversation_id": "conv-ph", "user_id": "user-7"}
+        linked = await h.client.post("/chatbot-webhook/demo", json=hook)
+        assert linked.json()["session_id"] == "sess-ph"
+        with capture_logs() as logs:
+            await h.deliver()
+    (posted,) = [line for line in logs if line["event"] == "note_posted"]
+    assert posted["body"].endswith('\n\n[1] User clicked button "Export CSV" on /dashboard')
