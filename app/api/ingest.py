@@ -91,22 +91,28 @@ def _count(product: ProductConfig, outcomes: list[IngestOutcome]) -> None:
     if any(o.replayed for o in outcomes):
         metrics.REQUESTS_REPLAYED.labels(product.id, "actions").inc()
     for outcome in outcomes:
-        metrics.ACTIONS_RECEIVED.labels(product.id).inc(outcome.accepted)
-        if outcome.duplicates:
-            metrics.ACTIONS_DUPLICATE.labels(product.id).inc(outcome.duplicates)
-        if outcome.dropped_window:
-            metrics.ACTIONS_DROPPED.labels(product.id, "prelink_window").inc(outcome.dropped_window)
-        if outcome.dropped_cap:
-            metrics.ACTIONS_DROPPED.labels(product.id, "prelink_cap").inc(outcome.dropped_cap)
-        if outcome.linked_now:
-            log.info(
-                "link_created",
-                product_id=product.id,
-                session_id=outcome.session_id,
-                conversation_id=outcome.conversation_id,
-                link_event="new",
-                via="batch",
-            )
+        count_stored(product, outcome, via="batch")
+
+
+def count_stored(product: ProductConfig, outcome: IngestOutcome, *, via: str) -> None:
+    """The metrics and the ``link_created`` line of one stored payload (``via``: what sent it,
+    a batch or a PostHog event)."""
+    metrics.ACTIONS_RECEIVED.labels(product.id).inc(outcome.accepted)
+    if outcome.duplicates:
+        metrics.ACTIONS_DUPLICATE.labels(product.id).inc(outcome.duplicates)
+    if outcome.dropped_window:
+        metrics.ACTIONS_DROPPED.labels(product.id, "prelink_window").inc(outcome.dropped_window)
+    if outcome.dropped_cap:
+        metrics.ACTIONS_DROPPED.labels(product.id, "prelink_cap").inc(outcome.dropped_cap)
+    if outcome.linked_now:
+        log.info(
+            "link_created",
+            product_id=product.id,
+            session_id=outcome.session_id,
+            conversation_id=outcome.conversation_id,
+            link_event="new",
+            via=via,
+        )
 
 
 @router.post(

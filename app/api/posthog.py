@@ -22,6 +22,7 @@ from pydantic_core import from_json
 from app import metrics, openapi
 from app.api.deps import JsonBody, ProductDep, ServicesDep
 from app.api.errors import ApiError
+from app.api.ingest import count_stored
 from app.auth import Credential
 from app.models import (
     MAX_DESCRIPTION_CHARS,
@@ -277,26 +278,10 @@ def _count(product: ProductConfig, outcomes: list[IngestOutcome]) -> tuple[int, 
     accepted = duplicates = 0
     for outcome in outcomes:
         accepted += outcome.accepted
-        metrics.ACTIONS_RECEIVED.labels(product.id).inc(outcome.accepted)
-        if outcome.replayed or outcome.duplicates:
-            duplicates += 1
-            metrics.ACTIONS_DUPLICATE.labels(product.id).inc(outcome.duplicates)
-            metrics.POSTHOG_EVENTS.labels(product.id, "duplicate").inc()
-        else:
-            metrics.POSTHOG_EVENTS.labels(product.id, "accepted").inc()
-        if outcome.dropped_window:
-            metrics.ACTIONS_DROPPED.labels(product.id, "prelink_window").inc(outcome.dropped_window)
-        if outcome.dropped_cap:
-            metrics.ACTIONS_DROPPED.labels(product.id, "prelink_cap").inc(outcome.dropped_cap)
-        if outcome.linked_now:
-            log.info(
-                "link_created",
-                product_id=product.id,
-                session_id=outcome.session_id,
-                conversation_id=outcome.conversation_id,
-                link_event="new",
-                via="posthog",
-            )
+        count_stored(product, outcome, via="posthog")
+        seen = bool(outcome.replayed or outcome.duplicates)
+        duplicates += seen
+        metrics.POSTHOG_EVENTS.labels(product.id, "duplicate" if seen else "accepted").inc()
     return accepted, duplicates
 
 
