@@ -80,7 +80,8 @@ def _parse(
     return payloads
 
 
-def _count_intake(intake: Intake) -> None:
+def count_intake(intake: Intake) -> None:
+    """What parsing cut short or filled in (batches and PostHog events)."""
     for name, count in intake.truncated.items():
         metrics.FIELDS_TRUNCATED.labels(name).inc(count)
     if intake.timestamps_defaulted:
@@ -152,7 +153,7 @@ async def ingest_actions(request: Request) -> Response:
         now=now,
         replay_fields=credential.replay_fields(product.id, body, len(payloads)),
     )
-    _count_intake(intake)
+    count_intake(intake)
     _count(product, outcomes)
     await services.work_scheduled((o.due_at, o.shard) for o in outcomes)
     answer = IngestResponse(

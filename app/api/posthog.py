@@ -22,7 +22,7 @@ from pydantic_core import from_json
 from app import metrics, openapi
 from app.api.deps import JsonBody, ProductDep, ServicesDep
 from app.api.errors import ApiError
-from app.api.ingest import count_stored
+from app.api.ingest import count_intake, count_stored
 from app.auth import Credential
 from app.models import (
     MAX_DESCRIPTION_CHARS,
@@ -285,13 +285,6 @@ def _count(product: ProductConfig, outcomes: list[IngestOutcome]) -> tuple[int, 
     return accepted, duplicates
 
 
-def _count_intake(intake: Intake) -> None:
-    for name, count in intake.truncated.items():
-        metrics.FIELDS_TRUNCATED.labels(name).inc(count)
-    if intake.timestamps_defaulted:
-        metrics.TIMESTAMPS_DEFAULTED.inc(intake.timestamps_defaulted)
-
-
 @router.post(
     "/posthog/{product_id}",
     status_code=202,
@@ -329,7 +322,7 @@ async def receive_posthog(
         now=now,
         replay_fields=_replay_fields(product.id, credential, body, kept),
     )
-    _count_intake(intake)
+    count_intake(intake)
     accepted, duplicates = _count(product, outcomes)
     await services.work_scheduled((o.due_at, o.shard) for o in outcomes)
     return PosthogResponse(accepted=accepted, duplicates=duplicates, ignored=ignored)
