@@ -25,7 +25,6 @@ from app.api.middleware import RequestContextMiddleware
 from app.clock import Clock, SystemClock
 from app.delivery.worker import DeliveryWorker
 from app.logs import configure_logging
-from app.openapi import build_openapi
 from app.platforms import build_platform
 from app.platforms.client import http_client
 from app.products import ProductConfig, ProductsFileError, load_products
@@ -66,7 +65,7 @@ class BridgeApp(FastAPI):
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            self.openapi_schema = build_openapi(self, [*self.routes, *self.plain_routes])
+            self.openapi_schema = openapi.build_openapi(self, [*self.routes, *self.plain_routes])
         return self.openapi_schema
 
 
