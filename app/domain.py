@@ -30,6 +30,8 @@ class WebhookEvent:
     session_id: str | None = None
     user_id: str | None = None
     email: str | None = None
+    # The platform's own id for the contact (Intercom), for ``Platform.find_session``.
+    contact_id: str | None = None
     reason: str = ""
 
 

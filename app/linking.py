@@ -8,6 +8,7 @@ from typing import Literal
 import structlog
 
 from app.domain import LinkEvent, WebhookEvent
+from app.platforms.base import DeliveryError, Platform
 from app.products import ProductConfig
 from app.store.redis_store import LinkOutcome, RedisStore
 
@@ -71,39 +72,94 @@ def _result(
 
 
 async def link_from_webhook(
-    store: RedisStore, product: ProductConfig, event: WebhookEvent, *, now: float
+    store: RedisStore,
+    product: ProductConfig,
+    event: WebhookEvent,
+    *,
+    now: float,
+    platform: Platform | None = None,
 ) -> LinkResult:
-    """Find the event's session (explicit id, then user id, then email) and link it; with no
-    session known yet, the conversation waits for the contact's first batch. Each delivery is
-    applied once: its id is recorded in the same store step as its effect."""
+    """Find the event's session and link it: the webhook's explicit id, then the contact's
+    latest session by user id or email, then what the platform itself knows of the contact
+    (``Platform.find_session``). With no session known yet, the conversation waits for the
+    contact's first batch. Each delivery is applied once: its id is recorded in the same store
+    step as its effect.
+
+    A failed platform read raises its DeliveryError only when it was the webhook's last
+    chance (no user id or email to wait on); otherwise the conversation waits as usual."""
     conversation_id = event.conversation_id
     if event.event is None or not conversation_id:
         return LinkResult("ignored", event.session_id, conversation_id)
     if event.session_id is not None:
-        return await link_session(
+        return await _link_found(
             store,
             product,
+            event,
             session_id=event.session_id,
+            conversation_id=conversation_id,
+            now=now,
+        )
+    waiting = bool(event.user_id or event.email)
+    if waiting:
+        found = await store.link_contact(
+            product,
+            user_id=event.user_id,
+            email=event.email,
             conversation_id=conversation_id,
             event=event.event,
             now=now,
-            user_message=True,
             delivery_id=event.delivery_id,
         )
-    if not (event.user_id or event.email):
-        return LinkResult("ignored", None, conversation_id)
-    found = await store.link_contact(
+        if found.status == "duplicate":
+            return LinkResult("duplicate", None, conversation_id)
+        if found.session_id is not None and found.link is not None:
+            return _result(product, found.session_id, conversation_id, event.event, found.link)
+    session_id = await _platform_session(platform, event, raise_errors=not waiting)
+    if session_id is None:
+        if not waiting:
+            return LinkResult("ignored", None, conversation_id)
+        log.info("link_pending_identity", conversation_id=conversation_id)
+        return LinkResult("pending_identity", None, conversation_id)
+    result = await _link_found(
+        store, product, event, session_id=session_id, conversation_id=conversation_id, now=now
+    )
+    if waiting:
+        await store.forget_contact_pending(
+            product, user_id=event.user_id, email=event.email, conversation_id=conversation_id
+        )
+    return result
+
+
+async def _link_found(
+    store: RedisStore,
+    product: ProductConfig,
+    event: WebhookEvent,
+    *,
+    session_id: str,
+    conversation_id: str,
+    now: float,
+) -> LinkResult:
+    return await link_session(
+        store,
         product,
-        user_id=event.user_id,
-        email=event.email,
+        session_id=session_id,
         conversation_id=conversation_id,
         event=event.event,
         now=now,
+        user_message=True,
         delivery_id=event.delivery_id,
     )
-    if found.status == "duplicate":
-        return LinkResult("duplicate", None, conversation_id)
-    if found.session_id is None or found.link is None:
-        log.info("link_pending_identity", conversation_id=conversation_id)
-        return LinkResult("pending_identity", None, conversation_id)
-    return _result(product, found.session_id, conversation_id, event.event, found.link)
+
+
+async def _platform_session(
+    platform: Platform | None, event: WebhookEvent, *, raise_errors: bool
+) -> str | None:
+    if platform is None:
+        return None
+    try:
+        return await platform.find_session(event)
+    except DeliveryError as exc:
+        log.warning("contact_lookup_failed", contact_id=event.contact_id, error=str(exc))
+        if raise_errors:
+            raise
+        return None

@@ -39,6 +39,11 @@ BATCHES_REJECTED = Counter(
 WEBHOOKS = Counter(
     "bridge_webhooks_total", "Platform webhooks by outcome.", ["product", "platform", "result"]
 )
+PLATFORM_LOOKUPS = Counter(
+    "bridge_platform_lookups_total",
+    "Platform API reads made to find a webhook's user or session, by result.",
+    ["product", "platform", "result"],
+)
 NOTES_POSTED = Counter(
     "bridge_notes_posted_total", "Notes the platform confirmed.", ["product", "platform", "kind"]
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import structlog
 from fastapi import APIRouter, Request, Response
 
@@ -12,12 +14,21 @@ from app.api.webhook_schemas import IntercomNotification, ZendeskTicketEvent, Ze
 from app.domain import WebhookEvent
 from app.linking import LinkResult, link_from_webhook
 from app.models import WebhookResponse
-from app.platforms.base import DeliveryError, InvalidWebhook, Platform, WebhookRejected
+from app.platforms.base import (
+    DeliveryError,
+    InvalidWebhook,
+    Platform,
+    RetryableDeliveryError,
+    WebhookRejected,
+)
 from app.platforms.http import BotEvent
 from app.products import ProductConfig
 
 router = APIRouter(tags=["webhooks"])
 log = structlog.get_logger(__name__)
+
+# Retry-After of a 503 when the platform gave no wait hint.
+LOOKUP_RETRY_AFTER_S = 5
 
 WEBHOOK_BODY = openapi.request_body(
     {
@@ -64,14 +75,21 @@ async def _verified_event(
     except DeliveryError as exc:
         # Parsing needed the platform's API (e.g. a requester lookup) and it failed: ask the
         # platform to send the webhook again rather than lose the link.
-        metrics.WEBHOOKS.labels(product.id, product.platform, "platform_unavailable").inc()
-        log.warning("webhook_lookup_failed", product_id=product.id, error=str(exc))
-        raise ApiError(
-            503,
-            "platform_unavailable",
-            f"could not read the webhook's details from {product.platform}; retry later",
-            headers={"Retry-After": "5"},
-        ) from exc
+        raise _platform_unavailable(product, exc) from exc
+
+
+def _platform_unavailable(product: ProductConfig, exc: DeliveryError) -> ApiError:
+    """The 503 for a webhook whose details could not be read from the platform's API."""
+    metrics.WEBHOOKS.labels(product.id, product.platform, "platform_unavailable").inc()
+    log.warning("webhook_lookup_failed", product_id=product.id, error=str(exc))
+    wait_s = exc.retry_after_s if isinstance(exc, RetryableDeliveryError) else None
+    retry_after = max(1, math.ceil(wait_s)) if wait_s is not None else LOOKUP_RETRY_AFTER_S
+    return ApiError(
+        503,
+        "platform_unavailable",
+        f"could not read the webhook's details from {product.platform}; retry later",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 @router.post(
@@ -91,7 +109,8 @@ async def receive_webhook(
     product: ProductDep, body: JsonBody, request: Request, services: ServicesDep
 ) -> WebhookResponse:
     """Verify a platform webhook and link the user's session to its conversation."""
-    event = await _verified_event(services.platforms[product.id], product, request, body)
+    platform = services.platforms[product.id]
+    event = await _verified_event(platform, product, request, body)
     structlog.contextvars.bind_contextvars(
         conversation_id=event.conversation_id, session_id=event.session_id
     )
@@ -99,7 +118,12 @@ async def receive_webhook(
         result = LinkResult("ignored", event.session_id, event.conversation_id)
         log.info("webhook_ignored", product_id=product.id, reason=event.reason)
     else:
-        result = await link_from_webhook(services.store, product, event, now=services.clock.now())
+        try:
+            result = await link_from_webhook(
+                services.store, product, event, now=services.clock.now(), platform=platform
+            )
+        except DeliveryError as exc:
+            raise _platform_unavailable(product, exc) from exc
         await services.work_scheduled([(result.due_at, result.shard)])
     metrics.WEBHOOKS.labels(product.id, product.platform, result.status).inc()
     return WebhookResponse(

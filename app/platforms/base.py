@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import httpx
 import pydantic_core
 
+from app import metrics
 from app.clock import Clock
 from app.domain import Note, WebhookEvent
 from app.products import ProductConfig
@@ -26,6 +28,15 @@ CALL_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 5.0
 # A platform's wait hint is honoured up to this; a larger one is treated as this.
 MAX_WAIT_HINT_S = 3600.0
+# How long optional calls (contact lookups) pause after a 429 that gave no wait hint.
+RATE_LIMIT_PAUSE_S = 10.0
+
+# cached: answered from the adapter's cache; found / not_found: read from the platform;
+# failed: the call failed; rate_limited: not made, the platform asked us to wait.
+LookupResult = Literal["cached", "found", "not_found", "failed", "rate_limited"]
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
 
 
 class WebhookRejected(Exception):
@@ -72,6 +83,37 @@ def load_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+class ExpiringCache(Generic[_K, _V]):
+    """A bounded LRU whose entries expire ``ttl_s`` after they were stored (the lookups an
+    adapter makes while reading a webhook: a Zendesk requester, an Intercom contact)."""
+
+    def __init__(self, *, max_entries: int, ttl_s: float) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[_K, tuple[float, _V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: _K, *, now: float) -> _V | None:
+        """The live entry for ``key``, or None (never stored, evicted or expired)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        if now >= expires_at:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: _K, value: _V, *, now: float) -> None:
+        self._entries[key] = (now + self.ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
 class Platform(ABC):
     """One product's adapter for its chat platform."""
 
@@ -81,6 +123,8 @@ class Platform(ABC):
         self.product = product
         self.client = client
         self.clock = clock
+        # Until when the platform asked us not to call (its last 429): optional calls wait.
+        self.rate_limited_until = 0.0
 
     @abstractmethod
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
@@ -103,6 +147,20 @@ class Platform(ABC):
     async def redact_note(self, conversation_id: str, note_id: str) -> None:  # noqa: B027
         """Remove a posted note. A documented no-op unless the platform overrides it."""
 
+    async def find_session(self, event: WebhookEvent) -> str | None:
+        """The session of a webhook that nothing else identified, read from the platform
+        (Intercom: the contact's PostHog replay URL); None when it has none. May raise a
+        DeliveryError."""
+        return None
+
+    def rate_limited(self) -> bool:
+        """Whether the platform's last 429 still asks us to wait."""
+        return self.clock.now() < self.rate_limited_until
+
+    def count_lookup(self, result: LookupResult) -> None:
+        """Count one lookup made while reading a webhook (``bridge_platform_lookups_total``)."""
+        metrics.PLATFORM_LOOKUPS.labels(self.product.id, self.name, result).inc()
+
     async def send(self, request: httpx.Request) -> httpx.Response:
         """Send one outbound request, translating every failure into a DeliveryError."""
         try:
@@ -110,7 +168,11 @@ class Platform(ABC):
                 response = await self.client.send(request)
         except (httpx.RequestError, TimeoutError) as exc:
             raise RetryableDeliveryError(f"{type(exc).__name__} calling {self.name}") from exc
-        raise_for_delivery(response, hint_s=self.wait_hint_s(response))
+        hint_s = self.wait_hint_s(response)
+        if response.status_code == 429:
+            pause_s = RATE_LIMIT_PAUSE_S if hint_s is None else hint_s
+            self.rate_limited_until = max(self.rate_limited_until, self.clock.now() + pause_s)
+        raise_for_delivery(response, hint_s=hint_s)
         return response
 
     def wait_hint_s(self, response: httpx.Response) -> float | None:

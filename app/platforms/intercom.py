@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
@@ -15,9 +18,13 @@ from app.models import is_session_id
 from app.notes import to_html
 from app.platforms.base import (
     MAX_WAIT_HINT_S,
+    ConversationNotFound,
+    DeliveryError,
+    ExpiringCache,
     InvalidWebhook,
     PermanentDeliveryError,
     Platform,
+    RetryableDeliveryError,
     WebhookRejected,
     load_json_object,
     retry_after_seconds,
@@ -36,6 +43,15 @@ MAX_ID_CHARS = 256
 MAX_IDENTITY_CHARS = 512
 # Enough of an unknown topic to recognise it in a log without echoing a huge string.
 _TOPIC_PREVIEW_CHARS = 64
+
+# posthog-js's Intercom integration (``integrations: {intercom: true}``) writes the session's
+# replay URL on the contact under this custom attribute: ``…/replay/<session id>``.
+REPLAY_URL_ATTRIBUTE = "latestPosthogReplayURL"
+MAX_REPLAY_URL_CHARS = 2048
+CONTACT_CACHE_ENTRIES = 10_000
+CONTACT_CACHE_TTL_S = 600.0
+# Intercom waits 5 s for a webhook's answer: the contact read must leave time for the rest.
+CONTACT_LOOKUP_TIMEOUT_S = 3.0
 
 
 def _object(value: Any) -> Mapping[str, Any]:
@@ -111,6 +127,12 @@ def _email(item: Mapping[str, Any]) -> str | None:
     return next((email for email in candidates if email), None)
 
 
+def _contact_id(item: Mapping[str, Any]) -> str | None:
+    """Intercom's own id for the contact (API 2.x), or the 1.x user's ``id``."""
+    contact_id = _identifier(_first_contact(item).get("id"), max_chars=MAX_ID_CHARS)
+    return contact_id or _identifier(_object(item.get("user")).get("id"), max_chars=MAX_ID_CHARS)
+
+
 def _user_id(item: Mapping[str, Any]) -> str | None:
     """The contact's external id (the PostHog distinct id); Intercom's own contact id is not."""
     external_id = _identifier(_first_contact(item).get("external_id"))
@@ -151,7 +173,37 @@ def parse_notification(body: bytes, *, session_attribute: str) -> WebhookEvent:
         session_id=_session_id(item, session_attribute),
         user_id=_user_id(item),
         email=_email(item),
+        contact_id=_contact_id(item),
     )
+
+
+def session_from_replay_url(url: Any) -> str | None:
+    """The session id in a PostHog replay URL: the path segment after ``replay``
+    (``https://us.posthog.com/project/1/replay/<id>?t=20``); None when there is none."""
+    if not isinstance(url, str) or len(url) > MAX_REPLAY_URL_CHARS:
+        return None
+    try:
+        segments = urlsplit(url.strip()).path.split("/")
+    except ValueError:
+        return None
+    for name, value in itertools.pairwise(segments):
+        if name == "replay":
+            session_id = unquote(value)
+            return session_id if is_session_id(session_id) else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactSession:
+    """What a contact read found: the session of the contact's replay URL, if any."""
+
+    session_id: str | None
+
+
+def contact_session(response: httpx.Response) -> ContactSession:
+    """The session named by a Get Contact response's ``latestPosthogReplayURL``."""
+    attributes = _object(_json_object(response).get("custom_attributes"))
+    return ContactSession(session_from_replay_url(attributes.get(REPLAY_URL_ATTRIBUTE)))
 
 
 def note_part_id(conversation: Mapping[str, Any], *, admin_id: str) -> str | None:
@@ -171,10 +223,10 @@ def rate_limit_wait_s(headers: httpx.Headers, *, now: float) -> float | None:
     return min(max(0.0, int(reset) - now), MAX_WAIT_HINT_S)
 
 
-def _path_segment(conversation_id: str) -> str:
-    if conversation_id in ("", ".", ".."):
-        raise PermanentDeliveryError(f"{conversation_id!r} is not an Intercom conversation id")
-    return quote(conversation_id, safe="")
+def _path_segment(value: str, *, what: str = "conversation") -> str:
+    if value in ("", ".", ".."):
+        raise PermanentDeliveryError(f"{value!r} is not an Intercom {what} id")
+    return quote(value, safe="")
 
 
 def _json_object(response: httpx.Response) -> Mapping[str, Any]:
@@ -195,6 +247,9 @@ class IntercomPlatform(Platform):
             raise ValueError(f"product {product.id!r} has no [intercom] section")
         self.config: IntercomConfig = product.intercom
         self._base_url = product.intercom.api_base.rstrip("/")
+        self.contacts: ExpiringCache[str, ContactSession] = ExpiringCache(
+            max_entries=CONTACT_CACHE_ENTRIES, ttl_s=CONTACT_CACHE_TTL_S
+        )
         self._headers = {
             "authorization": f"Bearer {product.intercom.access_token}",
             "intercom-version": product.intercom.api_version,
@@ -239,6 +294,41 @@ class IntercomPlatform(Platform):
             "conversation_part_id": note_id,
         }
         await self._post("/conversations/redact", payload)
+
+    async def find_session(self, event: WebhookEvent) -> str | None:
+        """The session in the contact's ``latestPosthogReplayURL``, read with Get Contact and
+        cached for 10 minutes (found or not). Raises a RetryableDeliveryError while Intercom
+        asks us to wait, and a DeliveryError when the read fails."""
+        if event.contact_id is None:
+            return None
+        cached = self.contacts.get(event.contact_id, now=self.clock.now())
+        if cached is not None:
+            self.count_lookup("cached")
+            return cached.session_id
+        if self.rate_limited():
+            self.count_lookup("rate_limited")
+            wait_s = self.rate_limited_until - self.clock.now()
+            raise RetryableDeliveryError("Intercom asked us to wait", retry_after_s=wait_s)
+        try:
+            found = await self._read_contact(event.contact_id)
+        except DeliveryError:
+            self.count_lookup("failed")
+            raise
+        self.count_lookup("found" if found.session_id else "not_found")
+        self.contacts.put(event.contact_id, found, now=self.clock.now())
+        return found.session_id
+
+    async def _read_contact(self, contact_id: str) -> ContactSession:
+        url = f"{self._base_url}/contacts/{_path_segment(contact_id, what='contact')}"
+        request = self.client.build_request("GET", url, headers=self._headers)
+        try:
+            async with asyncio.timeout(CONTACT_LOOKUP_TIMEOUT_S):
+                response = await self.send(request)
+        except TimeoutError as exc:
+            raise RetryableDeliveryError("the Intercom contact read timed out") from exc
+        except ConversationNotFound:
+            return ContactSession(None)  # a deleted contact has no session to offer
+        return contact_session(response)
 
     async def _post(self, path: str, payload: Mapping[str, Any]) -> httpx.Response:
         request = self.client.build_request(

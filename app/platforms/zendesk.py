@@ -36,7 +36,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +50,8 @@ from app.domain import LinkEvent, Note, WebhookEvent
 from app.models import ConversationId, is_session_id
 from app.platforms.base import (
     ConversationNotFound,
+    DeliveryError,
+    ExpiringCache,
     InvalidWebhook,
     Platform,
     RetryableDeliveryError,
@@ -281,35 +282,6 @@ class Requester:
     email: str | None
 
 
-class RequesterCache:
-    """A bounded LRU of requester lookups whose entries expire ``ttl_s`` after they were stored."""
-
-    def __init__(self, *, max_entries: int, ttl_s: float) -> None:
-        self.max_entries = max_entries
-        self.ttl_s = ttl_s
-        self._entries: OrderedDict[str, tuple[float, Requester]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, user_id: str, *, now: float) -> Requester | None:
-        entry = self._entries.get(user_id)
-        if entry is None:
-            return None
-        expires_at, requester = entry
-        if now >= expires_at:
-            del self._entries[user_id]
-            return None
-        self._entries.move_to_end(user_id)
-        return requester
-
-    def put(self, user_id: str, requester: Requester, *, now: float) -> None:
-        self._entries[user_id] = (now + self.ttl_s, requester)
-        self._entries.move_to_end(user_id)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-
 def _optional_text(value: Any) -> str | None:
     value = _id_text(value)
     return value if isinstance(value, str) and value else None
@@ -366,7 +338,7 @@ class ZendeskPlatform(Platform):
         self.config: ZendeskConfig = product.zendesk
         self.base_url = self.config.base_url.rstrip("/")
         self.lookup_timeout_s = LOOKUP_TIMEOUT_S
-        self.requesters = RequesterCache(
+        self.requesters: ExpiringCache[str, Requester] = ExpiringCache(
             max_entries=REQUESTER_CACHE_ENTRIES, ttl_s=REQUESTER_CACHE_TTL_S
         )
         self._headers = {"authorization": authorization(self.config), "accept": "application/json"}
@@ -423,8 +395,14 @@ class ZendeskPlatform(Platform):
             return Requester(None, None)
         cached = self.requesters.get(user_id, now=self.clock.now())
         if cached is not None:
+            self.count_lookup("cached")
             return cached
-        requester = await self._fetch_requester(user_id)
+        try:
+            requester = await self._fetch_requester(user_id)
+        except DeliveryError:
+            self.count_lookup("failed")
+            raise
+        self.count_lookup("found" if requester.external_id or requester.email else "not_found")
         self.requesters.put(user_id, requester, now=self.clock.now())
         return requester
 

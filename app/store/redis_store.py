@@ -700,6 +700,20 @@ class RedisStore:
         await self._forget_pending(pending, conversation_id)
         return ContactLink("session", session_id, outcome)
 
+    async def forget_contact_pending(
+        self,
+        product: ProductConfig,
+        *,
+        user_id: str | None,
+        email: str | None,
+        conversation_id: str,
+    ) -> None:
+        """Drop the contact's pending conversation (if it is still this one): the webhook's
+        session was found another way."""
+        email = email.lower() if email else None
+        pending = _contact_keys(keys.pending_key, product.id, user_id, email)
+        await self._forget_pending(pending, conversation_id)
+
     # -- delivery ---------------------------------------------------------------------------
 
     async def claim_due(

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import respx
+from prometheus_client import REGISTRY
 from starlette.datastructures import Headers
 
 from app.domain import LinkEvent, Note
@@ -22,8 +23,6 @@ from app.platforms.base import (
 )
 from app.platforms.zendesk import (
     REQUESTER_CACHE_TTL_S,
-    Requester,
-    RequesterCache,
     ZendeskPlatform,
     signed_delivery_id,
     zendesk_signature,
@@ -49,6 +48,11 @@ TICKET_URL = f"{BASE}/api/v2/tickets/{TICKET_ID}.json"
 EXTERNAL_ID = "ph_distinct_8c2e71"
 REQUESTER_EMAIL = "dana.whitfield@example.com"
 INVOCATION_ID = "8350205582"
+
+
+def lookups(result: str) -> float:
+    labels = {"product": "globex", "platform": "zendesk", "result": result}
+    return REGISTRY.get_sample_value("bridge_platform_lookups_total", labels) or 0
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -278,11 +282,13 @@ async def test_a_second_event_for_the_same_requester_uses_the_cache(
 ) -> None:
     created = fixture_bytes("event_ticket_created")
     replied = fixture_bytes("event_comment_added_by_requester")
+    before = (lookups("found"), lookups("cached"))
     await platform.parse(signed(created), created)
     clock.advance(REQUESTER_CACHE_TTL_S - 1)
     event = await platform.parse(signed(replied, invocation_id="8350205583"), replied)
     assert (event.user_id, event.email) == (EXTERNAL_ID, REQUESTER_EMAIL)
     assert users.call_count == 1
+    assert (lookups("found"), lookups("cached")) == (before[0] + 1, before[1] + 1)
 
 
 async def test_the_requester_is_looked_up_again_once_the_cache_entry_expires(
@@ -424,9 +430,11 @@ async def test_a_failed_lookup_is_retryable_and_not_cached(
     success = httpx.Response(200, content=fixture_bytes("show_user"))
     route = zendesk.get(USER_URL).mock(side_effect=[response, success])
     body = fixture_bytes("event_ticket_created")
+    failed = lookups("failed")
     with pytest.raises(RetryableDeliveryError) as caught:
         await platform.parse({}, body)
     assert caught.value.retry_after_s == retry_after_s
+    assert lookups("failed") == failed + 1
     event = await platform.parse({}, body)
     assert event.user_id == EXTERNAL_ID
     assert route.call_count == 2
@@ -701,27 +709,7 @@ async def test_redact_is_a_no_op(platform: ZendeskPlatform, zendesk: respx.MockR
     assert not zendesk.calls
 
 
-# --- requester cache and registry ---
-
-
-def test_requester_cache_evicts_the_least_recently_used_entry() -> None:
-    cache = RequesterCache(max_entries=2, ttl_s=60)
-    a, b, c = Requester("a", None), Requester("b", None), Requester("c", None)
-    cache.put("1", a, now=0)
-    cache.put("2", b, now=0)
-    assert cache.get("1", now=1) == a  # "2" is now the least recently used
-    cache.put("3", c, now=1)
-    assert len(cache) == 2
-    assert cache.get("2", now=1) is None
-    assert (cache.get("1", now=1), cache.get("3", now=1)) == (a, c)
-
-
-def test_requester_cache_entries_expire() -> None:
-    cache = RequesterCache(max_entries=2, ttl_s=60)
-    cache.put("1", Requester("a", None), now=0)
-    assert cache.get("1", now=59.9) is not None
-    assert cache.get("1", now=60) is None
-    assert len(cache) == 0
+# --- registry ---
 
 
 def test_build_platform_builds_the_zendesk_adapter(
