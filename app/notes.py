@@ -21,10 +21,20 @@ class NoteLine:
     description: str
 
 
-def format_header(session_id: str | None, timestamp: float) -> str:
+def replay_link(project_url: str, session_id: str) -> str:
+    """The session's recording in PostHog: ``<project_url>/replay/<session_id>``."""
+    return f"{project_url.rstrip('/')}/replay/{session_id}"
+
+
+def format_header(
+    session_id: str | None, timestamp: float, *, replay_url: str | None = None
+) -> str:
+    """``session_id`` and ``timestamp`` lines, a ``replay`` line when ``replay_url`` is given,
+    then a blank line."""
     # floor first: fromtimestamp rounds microseconds, so x.9999996 would show the next second.
     when = datetime.fromtimestamp(math.floor(timestamp), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"session_id: {session_id or 'unknown'}\ntimestamp: {when}\n\n"
+    replay = f"replay: {replay_url}\n" if replay_url else ""
+    return f"session_id: {session_id or 'unknown'}\ntimestamp: {when}\n{replay}\n"
 
 
 def _bin(timestamp: float, bin_seconds: float) -> int:
@@ -37,14 +47,17 @@ def format_note(
     *,
     bin_seconds: float,
     now: float,
+    replay_url: str | None = None,
 ) -> str:
     """Header plus ``[n] description`` lines sorted by time (ties keep arrival order).
 
     With ``bin_seconds > 0`` a blank line separates actions in different epoch-aligned bins.
-    ``now`` is used for the header only when there are no actions.
+    ``now`` is used for the header only when there are no actions. ``replay_url`` adds the
+    header's ``replay`` line.
     """
     ordered = sorted(actions, key=lambda a: a.timestamp)
-    header = format_header(session_id, ordered[0].timestamp if ordered else now)
+    when = ordered[0].timestamp if ordered else now
+    header = format_header(session_id, when, replay_url=replay_url)
     lines: list[str] = []
     previous_bin: int | None = None
     for n, action in enumerate(ordered, start=1):

@@ -6,7 +6,7 @@ import calendar
 
 import pytest
 
-from app.notes import NoteLine, format_header, format_note, format_summary, to_html
+from app.notes import NoteLine, format_header, format_note, format_summary, replay_link, to_html
 
 # 2024-01-15 12:34:50 UTC, the header time of the seed example.
 T0 = calendar.timegm((2024, 1, 15, 12, 34, 50))
@@ -252,3 +252,57 @@ def test_to_html_of_a_note_turns_every_newline_into_br() -> None:
         "[1] Opened &lt;Billing&gt; &amp; paid<br><br>[2] Left"
     )
     assert "\n" not in to_html(body)
+
+
+# --- the replay line of the at-link flush ---------------------------------------------------------
+
+REPLAY = "https://eu.posthog.com/project/48213/replay/abc123"
+
+
+def test_header_with_a_replay_url_has_the_replay_line_before_the_blank_line() -> None:
+    assert format_header("abc123", T0 + 0.5, replay_url=REPLAY) == (
+        "session_id: abc123\n"
+        "timestamp: 2024-01-15 12:34:50 UTC\n"
+        "replay: https://eu.posthog.com/project/48213/replay/abc123\n"
+        "\n"
+    )
+
+
+@pytest.mark.parametrize("replay_url", [None, ""])
+def test_no_replay_url_no_replay_line(replay_url: str | None) -> None:
+    assert format_header("abc123", T0, replay_url=replay_url) == HEADER_T0
+    body = format_note("abc123", [NoteLine(T0, "a")], bin_seconds=3, now=0.0, replay_url=replay_url)
+    assert body == HEADER_T0 + "[1] a"
+
+
+def test_a_flush_note_with_a_replay_url_keeps_its_bins() -> None:
+    actions = [
+        NoteLine(T0 + 0.2, "User clicked Sign up button on the pricing page"),
+        NoteLine(T0 + 0.8, "User clicked Confirm plan button on the checkout page"),
+        NoteLine(T0 + 1.5, "User submitted Payment form on the checkout page"),
+    ]
+
+    body = format_note("abc123", actions, bin_seconds=3, now=0.0, replay_url=REPLAY)
+
+    assert body == (
+        "session_id: abc123\n"
+        "timestamp: 2024-01-15 12:34:50 UTC\n"
+        "replay: https://eu.posthog.com/project/48213/replay/abc123\n"
+        "\n"
+        "[1] User clicked Sign up button on the pricing page\n"
+        "[2] User clicked Confirm plan button on the checkout page\n"
+        "\n"
+        "[3] User submitted Payment form on the checkout page"
+    )
+
+
+@pytest.mark.parametrize(
+    "project_url",
+    [
+        "https://eu.posthog.com/project/48213",
+        "https://eu.posthog.com/project/48213/",
+        "https://eu.posthog.com/project/48213//",
+    ],
+)
+def test_replay_link_joins_the_project_url_and_the_session(project_url: str) -> None:
+    assert replay_link(project_url, "abc123") == REPLAY

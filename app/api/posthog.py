@@ -5,6 +5,8 @@ to 100 of them is accepted too). Each event the product keeps (``[posthog] event
 carries a ``$session_id`` becomes one action of that session, described by
 ``app.posthog.describe``; it is stored like an ingested batch of one action, with its own replay
 record derived from the event's ``uuid``, so a redelivered event is counted, not stored twice.
+For a product with ``replay_links`` and no configured ``project_url``, the body's ``project.url``
+is kept for the replay link of the at-link flush note.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import APIRouter, Depends, Request
@@ -37,7 +40,7 @@ from app.models import (
 from app.posthog.describe import current_url, describe, event_time, session_id
 from app.products import PosthogConfig, ProductConfig
 from app.security import SignatureError, equals, verify_standard_webhook
-from app.store.redis_store import IngestOutcome
+from app.store.redis_store import IngestOutcome, RedisStore, StoreError, StoreUnavailable
 
 router = APIRouter(tags=["posthog"])
 log = structlog.get_logger(__name__)
@@ -217,6 +220,54 @@ def _kept_events(
     return kept, ignored
 
 
+MAX_PROJECT_URL_CHARS = 2048
+
+
+def _is_project_url(url: str) -> bool:
+    """An http(s) URL with a host and nothing that could change the note's header: no
+    whitespace or control characters, no query or fragment."""
+    if len(url) > MAX_PROJECT_URL_CHARS or not url.isprintable() or " " in url:
+        return False
+    if not url.startswith(("https://", "http://")):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a malformed IPv6 host
+        return False
+    return bool(parts.netloc) and not (parts.query or parts.fragment)
+
+
+def _project_url(items: list[dict[str, Any]]) -> str | None:
+    """The request's PostHog project URL (``project.url``, the last valid one), if any."""
+    for item in reversed(items):
+        url = _string(item.get("project"), "url")
+        if url is not None and _is_project_url(url):
+            return url
+    return None
+
+
+async def _save_project_url(
+    store: RedisStore,
+    product: ProductConfig,
+    posthog: PosthogConfig,
+    items: list[dict[str, Any]],
+    now: float,
+) -> None:
+    """Keep the project URL for replay links when the product wants them and configures none.
+
+    Called once the events are stored, and best effort: a failure is logged, and the request is
+    still accepted (its events are durable); the next event with the URL writes it again."""
+    if not posthog.replay_links or posthog.project_url is not None:
+        return
+    url = _project_url(items)
+    if url is None:
+        return
+    try:
+        await store.save_project_url(product.id, url, now=now)
+    except (StoreUnavailable, StoreError) as exc:
+        log.warning("posthog_project_url_not_saved", error=str(exc))
+
+
 # --- verification and dedupe ---------------------------------------------------------------------
 
 
@@ -324,5 +375,7 @@ async def receive_posthog(
     )
     count_intake(intake)
     accepted, duplicates = _count(product, outcomes)
+    # Before the worker hears of the work: a flush this request makes due finds the URL.
+    await _save_project_url(services.store, product, posthog, items, now)
     await services.work_scheduled((o.due_at, o.shard) for o in outcomes)
     return PosthogResponse(accepted=accepted, duplicates=duplicates, ignored=ignored)

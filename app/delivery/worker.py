@@ -19,7 +19,7 @@ from app import metrics
 from app.clock import Clock
 from app.delivery.backoff import GIVE_UP_AFTER_S, retry_delay_s
 from app.domain import Note, NoteKind
-from app.notes import format_note, format_summary
+from app.notes import format_note, format_summary, replay_link
 from app.platforms.base import (
     ConversationNotFound,
     DeliveryError,
@@ -29,7 +29,14 @@ from app.platforms.base import (
 )
 from app.products import ProductConfig
 from app.store import keys
-from app.store.redis_store import Claim, FailMode, PostedNote, RedisStore, StoreUnavailable
+from app.store.redis_store import (
+    Claim,
+    FailMode,
+    PostedNote,
+    RedisStore,
+    StoreError,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -37,16 +44,22 @@ MAX_NOTE_ACTIONS = 1000
 _KINDS: dict[str, NoteKind] = {"pre": "prelink", "out": "postlink", "summary": "summary"}
 
 
-def build_note(claim: Claim, product: ProductConfig, *, now: float) -> Note:
-    """The note a claim stands for, in the note format (app/notes.py)."""
+def build_note(
+    claim: Claim, product: ProductConfig, *, now: float, project_url: str | None = None
+) -> Note:
+    """The note a claim stands for, in the note format (app/notes.py). ``project_url``: the
+    PostHog project whose replay the at-link flush links to (none: no replay line)."""
     kind = _KINDS[claim.source]
     if kind == "summary":
         body = format_summary(claim.session_id, claim.summary, now=now)
         actions: tuple[dict[str, object], ...] = ()
     else:
         stored = claim.actions()
-        bins = product.bin_seconds if kind == "prelink" else 0
-        body = format_note(claim.session_id, [a.line for a in stored], bin_seconds=bins, now=now)
+        prelink = kind == "prelink"
+        bins = product.bin_seconds if prelink else 0
+        replay = replay_link(project_url, claim.session_id) if prelink and project_url else None
+        lines = [a.line for a in stored]
+        body = format_note(claim.session_id, lines, bin_seconds=bins, now=now, replay_url=replay)
         actions = tuple(a.data for a in sorted(stored, key=lambda a: a.line.timestamp))
     return Note(
         product_id=claim.product_id,
@@ -247,7 +260,8 @@ class DeliveryWorker:
         try:
             if product is None or platform is None:
                 raise _Unconfigured(claim.product_id)
-            note = build_note(claim, product, now=self._clock.now())
+            project_url = await self._project_url(claim, product)
+            note = build_note(claim, product, now=self._clock.now(), project_url=project_url)
             note_id = await platform.post_note(note)
         except Exception as exc:  # every failure is recorded; none loses the note's actions
             await self._record_failure(claim, product, exc, bound)
@@ -270,6 +284,21 @@ class DeliveryWorker:
         metrics.NOTE_DELIVERY_SECONDS.observe(max(0.0, self._clock.now() - claim.queued_at))
         bound.info("note_delivered", kind=note.kind, note_id=note_id, actions=len(note.actions))
         await self._redact(platform, product, outcome.replaced, bound)
+
+    async def _project_url(self, claim: Claim, product: ProductConfig) -> str | None:
+        """The project URL for the replay link of an at-link flush, for a product with
+        ``replay_links``: the configured one, else the last one the product's events carried
+        (None when no URL is known, or when Redis cannot say: the note goes without the line)."""
+        posthog = product.posthog
+        if claim.source != "pre" or posthog is None or not posthog.replay_links:
+            return None
+        if posthog.project_url is not None:
+            return posthog.project_url
+        try:
+            return await self._store.project_url(product.id, now=self._clock.now())
+        except (StoreUnavailable, StoreError) as exc:
+            log.warning("replay_link_unavailable", product_id=product.id, error=str(exc))
+            return None
 
     async def _redact(
         self,

@@ -120,3 +120,11 @@ def pending_key(product_id: str, *, user_id: str | None = None, email: str | Non
 def dead_letter_key(product_id: str) -> str:
     """A product's dead letters: a sorted set of JSON entries scored by failure time (ms)."""
     return f"{ROOT}:dead:{product_id}"
+
+
+def project_url_key(product_id: str) -> str:
+    """The last PostHog project URL seen in the product's events (a string), for replay links.
+    Only plain single-key commands touch it, so like the other product keys it has no hash tag
+    and lives in a slot of its own. No TTL: it is one small value per product, overwritten when
+    the URL changes, and the processes that wrote it do not write it again."""
+    return f"{ROOT}:phurl:{product_id}"

@@ -326,6 +326,7 @@ class RedisStore:
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = _ms(wait_timeout_s)
         self._after_step = after_step
+        self._project_urls = _ProjectUrls()
 
     # -- running commands -------------------------------------------------------------------
 
@@ -1106,3 +1107,40 @@ class RedisStore:
             "posted_notes": [asdict(PostedNote.parse(n)) for n in note_ids],
             "next_note_due_at": None if due_ms is None else due_ms / 1000,
         }
+
+    # -- posthog project url ----------------------------------------------------------------
+    # The last PostHog project URL seen in a product's events, for the replay link of the
+    # at-link flush note. The store remembers in the process what it wrote (an event with an
+    # unchanged URL costs no Redis call) and what it read (fresh for PROJECT_URL_FRESH_S).
+
+    PROJECT_URL_FRESH_S = 60.0
+
+    async def save_project_url(self, product_id: str, url: str, *, now: float) -> None:
+        """Record the project URL an event of the product carried, unless this store already
+        wrote that value."""
+        known = self._project_urls
+        if known.written.get(product_id) == url:
+            return
+        await self._send([Plain("set", (keys.project_url_key(product_id), url))])
+        known.written[product_id] = url
+        known.read[product_id] = (url, now)
+
+    async def project_url(self, product_id: str, *, now: float) -> str | None:
+        """The last project URL any replica saw in the product's events, or None; a value read
+        (or written) here less than PROJECT_URL_FRESH_S ago is answered without Redis."""
+        known = self._project_urls
+        cached = known.read.get(product_id)
+        if cached is not None and 0 <= now - cached[1] < self.PROJECT_URL_FRESH_S:
+            return cached[0]
+        url = _text(await self._read(self._redis.get(keys.project_url_key(product_id))))
+        known.read[product_id] = (url, now)
+        return url
+
+
+@dataclass
+class _ProjectUrls:
+    """What one store knows of each product's project URL: the value it last wrote, and the
+    value it last read (None: no URL known) with when it read it."""
+
+    written: dict[str, str] = field(default_factory=dict)
+    read: dict[str, tuple[str | None, float]] = field(default_factory=dict)

@@ -19,6 +19,8 @@ from structlog.testing import capture_logs
 from app.posthog.describe import event_time
 from app.products import load_products
 from app.security import decode_whsec, standard_webhook_headers
+from app.store import keys
+from app.store.redis_store import StoreUnavailable
 from tests.conftest import INGEST_TOKEN, NOTES_URL, ManualClock, make_product
 from tests.harness import Harness, running_app
 
@@ -80,6 +82,8 @@ async def h(redis_client: aioredis.Redis) -> AsyncIterator[Harness]:
         ),
         posthog_product("both", header_name=HEADER_NAME, header_secret=HEADER_SECRET),
         posthog_product("all", events=["*"]),
+        posthog_product("replay", replay_links=True),
+        posthog_product("configured", replay_links=True, project_url="https://eu.posthog.com/p/1"),
         make_product("plain"),
     ]
     clock = ManualClock(T0)
@@ -337,6 +341,80 @@ async def test_more_than_100_events_is_422_and_stores_nothing(h: Harness) -> Non
         event(CLICK, uuid=f"u-{i}", timestamp=f"2025-03-14T09:26:53.{i:03d}Z") for i in range(100)
     ]
     assert (await post(h, many, msg_id="msg_2")).json()["accepted"] == 100
+
+
+# --- the project URL, for replay links ---------------------------------------------------------
+
+PROJECT_URL = CLICK["project"]["url"]
+
+
+def from_project(base: dict[str, Any], url: Any, n: int) -> dict[str, Any]:
+    """A copy of a fixture, its ``n``-th event (a uuid and a time of its own), from a project
+    at ``url``."""
+    document = event(base, uuid=f"u-{n}", timestamp=f"2025-03-14T09:26:5{n}.000Z")
+    document["project"] = {"id": 1, "name": "Example App", "url": url}
+    return document
+
+
+async def test_the_project_url_is_kept_only_for_replay_links_without_a_configured_one(
+    h: Harness, redis_client: aioredis.Redis
+) -> None:
+    for product_id in ("acme", "configured", "replay"):
+        r = await post(h, CLICK, product_id=product_id)
+        assert r.json()["accepted"] == 1, r.text
+    assert await redis_client.get(keys.project_url_key("acme")) is None
+    assert await redis_client.get(keys.project_url_key("configured")) is None
+    assert await redis_client.get(keys.project_url_key("replay")) == PROJECT_URL.encode()
+
+
+async def test_a_process_writes_an_unchanged_project_url_once(
+    h: Harness, redis_client: aioredis.Redis
+) -> None:
+    key = keys.project_url_key("replay")
+    assert (await post(h, CLICK, product_id="replay")).json()["accepted"] == 1
+    await redis_client.delete(key)
+    # The same URL again: this process wrote it already, so it costs no Redis call.
+    again = from_project(CLICK, PROJECT_URL, 2)
+    assert (await post(h, again, product_id="replay", msg_id="msg_2")).json()["accepted"] == 1
+    assert await redis_client.get(key) is None
+    moved = from_project(CLICK, "https://us.posthog.com/project/9", 3)
+    assert (await post(h, moved, product_id="replay", msg_id="msg_3")).json()["accepted"] == 1
+    assert await redis_client.get(key) == b"https://us.posthog.com/project/9"
+
+
+async def test_the_last_valid_project_url_of_an_array_is_kept(
+    h: Harness, redis_client: aioredis.Redis
+) -> None:
+    first = from_project(CLICK, "https://us.posthog.com/project/9", 1)
+    bad = from_project(CLICK, "javascript:x", 2)
+    r = await post(h, [first, PAGEVIEW, bad], product_id="replay")
+    assert r.json()["accepted"] == 3, r.text
+    assert (
+        await redis_client.get(keys.project_url_key("replay"))
+        == b"https://us.posthog.com/project/9"
+    )
+
+
+async def test_a_failed_project_url_write_still_accepts_the_events(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unavailable(product_id: str, url: str, *, now: float) -> None:
+        raise StoreUnavailable("connection refused")
+
+    monkeypatch.setattr(h.services.store, "save_project_url", unavailable)
+    with capture_logs() as logs:
+        r = await post(h, CLICK, product_id="replay")
+    assert r.status_code == 202, r.text
+    assert r.json() == {"status": "accepted", "accepted": 1, "duplicates": 0, "ignored": 0}
+    assert await pending(h, CLICK_SESSION, "replay") == 1
+    warnings = [line for line in logs if line["log_level"] == "warning"]
+    assert warnings == [
+        {
+            "event": "posthog_project_url_not_saved",
+            "error": "connection refused",
+            "log_level": "warning",
+        }
+    ]
 
 
 # --- the README's walkthrough, on the example products file ------------------------------------
