@@ -2,8 +2,8 @@
 
 It checks the access token and headers like Intercom does, keeps each conversation's parts,
 answers a reply with the whole conversation (the new note part authored by the admin last),
-records every call, and can be told to fail the next few calls (429 with ``X-RateLimit-Reset``,
-5xx) or to forget a conversation (404).
+serves the contacts it is given (Get Contact), records every call, and can be told to fail the
+next few calls (429 with ``X-RateLimit-Reset``, 5xx) or to forget a conversation (404).
 """
 
 from __future__ import annotations
@@ -70,11 +70,13 @@ class FakeIntercom:
         self._failures: list[Failure] = []
         self._parts: dict[str, list[dict[str, Any]]] = {}
         self._deleted: set[str] = set()
+        self._contacts: dict[str, dict[str, Any]] = {}
         self._part_ids = itertools.count(FIRST_PART_ID)
         self.app = Starlette(
             routes=[
                 Route("/conversations/redact", self._redact, methods=["POST"]),
                 Route("/conversations/{conversation_id}/reply", self._reply, methods=["POST"]),
+                Route("/contacts/{contact_id}", self._get_contact, methods=["GET"]),
             ]
         )
 
@@ -105,6 +107,25 @@ class FakeIntercom:
         }
         self.fail_next(1, 429, headers)
 
+    def add_contact(self, contact_id: str, **custom_attributes: str) -> None:
+        """A lead Intercom knows by ``contact_id`` only, with these custom attributes."""
+        with self._lock:
+            self._contacts[contact_id] = {
+                "type": "contact",
+                "id": contact_id,
+                "workspace_id": "q7w2e9rt",
+                "external_id": None,
+                "role": "lead",
+                "email": None,
+                "name": None,
+                "created_at": int(time.time()),
+                "updated_at": int(time.time()),
+                "custom_attributes": dict(custom_attributes),
+            }
+
+    def contact_reads(self) -> list[Call]:
+        return [c for c in self.calls if c.path.startswith("/contacts/")]
+
     def delete_conversation(self, conversation_id: str) -> None:
         """From now on the conversation is gone (404)."""
         with self._lock:
@@ -130,17 +151,28 @@ class FakeIntercom:
     async def _redact(self, request: Request) -> JSONResponse:
         return await self._handle(request, self._redact_part)
 
-    async def _handle(self, request: Request, action: Action) -> JSONResponse:
+    async def _get_contact(self, request: Request) -> JSONResponse:
+        contact_id = request.path_params["contact_id"]
+        return await self._handle(request, lambda _: self._contact(contact_id), body=False)
+
+    def _contact(self, contact_id: str) -> Answer:
+        with self._lock:
+            found = self._contacts.get(contact_id)
+        if found is None:
+            return 404, error_list("not_found", "User Not Found")
+        return 200, dict(found)
+
+    async def _handle(self, request: Request, action: Action, *, body: bool = True) -> JSONResponse:
         raw = await request.body()
         try:
-            payload: Any = json.loads(raw)
+            payload: Any = json.loads(raw) if body else {}
         except ValueError:
             payload = None
-        status, body, headers = self._answer(request, payload, action)
+        status, answer, headers = self._answer(request, payload, action)
         call = Call(request.url.path, dict(request.headers), payload, status, time.monotonic())
         with self._lock:
             self._calls.append(call)
-        return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(answer, status_code=status, headers=headers)
 
     def _answer(
         self, request: Request, payload: Any, action: Action
