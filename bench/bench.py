@@ -7,11 +7,15 @@ baseline run in the same invocation, on loopback, with every process started and
   B3  coalescing: notes per burst of 10 batches 20 ms apart
   B5  at-link flush: link webhook sent -> flush note at the fake bot, vs one direct hop
   B4  idle linked sessions: Redis bytes per session, and B1 again at that size
+  B8  PostHog intake (wrk): POST /posthog/<product>, one signed $autocapture click a request,
+      in events/s against B1's bare endpoint, and the service's CPU per event against B1's
+      per batch (after B4, before B2)
   B7  B1 and B2 again with the service on a 3-primary Redis Cluster, vs the standalone figures;
       then on 3 primaries + 3 replicas with BRIDGE_REDIS_WAIT_REPLICAS=1 (the cost of WAIT)
 
     .venv/bin/python bench/bench.py [--b4-sessions 100000] [--skip-cluster] [--quick]
-        [--sweep-rates 100,250,300,400,500,600] [--sweep-duration 8]
+        [--sweep-rates 100,250,300,400,500,600] [--sweep-duration 8] [--b8-duration 10]
+    .venv/bin/python bench/bench.py --only b8    # B1's baseline and B8 alone (~40 s)
 
 Results go to bench/results/latest.json, and the sweep's p50/p99 by rate to
 bench/results/b2-latency.svg; docs/performance.md explains the method.
@@ -45,7 +49,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.products import ProductConfig, load_products
-from bench import infra, latency, plot, scale, throughput
+from bench import infra, latency, plot, posthog_intake, scale, throughput
 from bench.chaos import log
 from bench.infra import BotRecords, RedisHandle
 from bench.loadgen import Sender, link_all
@@ -100,16 +104,21 @@ class Run:
             threads=self.args.wrk_threads,
         )
 
-    def wrk(self, load: throughput.WrkLoad, tag: str, *, server_pid: int) -> dict[str, Any]:
+    def cpu_probe(self, server_pid: int) -> throughput.CpuProbe:
+        """The server's and Redis's CPU seconds so far, for CPU per request."""
+
         def cpu() -> dict[str, float]:
             return {"server": infra.process_cpu_s(server_pid), **infra.redis_cpu_s(self.redis)}
 
+        return cpu
+
+    def wrk(self, load: throughput.WrkLoad, tag: str, *, server_pid: int) -> dict[str, Any]:
         return throughput.measure(
             load,
             warmup_s=self.args.warmup,
             seconds=self.args.duration,
             run_id=self.run_id + tag,
-            cpu=cpu,
+            cpu=self.cpu_probe(server_pid),
         )
 
 
@@ -125,12 +134,16 @@ def b1_baseline(run: Run) -> dict[str, Any]:
     return result
 
 
-async def _link_prefix(base_url: str, product_id: str, prefix: str, count: int) -> None:
+async def _link_sessions(base_url: str, product_id: str, session_ids: Sequence[str]) -> None:
     sender = Sender(base_url)
     try:
-        await link_all(sender, product_id, [f"{prefix}{i}" for i in range(count)])
+        await link_all(sender, product_id, session_ids)
     finally:
         await sender.aclose()
+
+
+async def _link_prefix(base_url: str, product_id: str, prefix: str, count: int) -> None:
+    await _link_sessions(base_url, product_id, [f"{prefix}{i}" for i in range(count)])
 
 
 def b1_service(
@@ -385,6 +398,72 @@ def b4(run: Run, service: Bridge, b1_result: dict[str, Any]) -> dict[str, Any]:
         "service_rss_growth_pct": round(
             100 * (measured["service_rss_kib"] / b1_result["service"]["service_rss_kib"] - 1), 1
         ),
+    }
+
+
+# -- B8 ---------------------------------------------------------------------------------------
+
+POSTHOG_RESULTS = ("accepted", "duplicate", "ignored_event", "no_session")
+
+
+def _posthog_events(service: Bridge, product_id: str) -> dict[str, int]:
+    """``bridge_posthog_events_total`` of a product, by what became of the events."""
+    counted = infra.metric_by_label(
+        service, "bridge_posthog_events_total", "result", product=product_id
+    )
+    return {r: int(counted.get(r, 0)) for r in POSTHOG_RESULTS}
+
+
+def b8(
+    run: Run, service: Bridge, baseline: dict[str, Any], b1_result: dict[str, Any] | None
+) -> dict[str, Any]:
+    """wrk over signed PostHog events to b8's linked sessions (notes not due during the run);
+    checks every answered event was accepted, none as a duplicate (metrics delta)."""
+    args = run.args
+    url = infra.base_url(service)
+    people = posthog_intake.visitors(run.run_id, args.b8_sessions)
+    uvloop.run(_link_sessions(url, "b8", [p.session_id for p in people]))
+    run.say(f"B8: {len(people)} PostHog sessions linked; wrk against /posthog/b8")
+    load = posthog_intake.PosthogLoad(
+        base_url=url,
+        product_id="b8",
+        secret=infra.POSTHOG_SECRET,
+        people=tuple(people),
+        connections=args.connections,
+        threads=args.wrk_threads,
+    )
+    before = _posthog_events(service, "b8")
+    measured = posthog_intake.measure(
+        load,
+        warmup_s=args.warmup,
+        seconds=args.b8_duration,
+        expected_rate_per_s=baseline["requests_per_s"],
+        workdir=run.workdir,
+        cpu=run.cpu_probe(service.proc.pid),
+    )
+    after = _posthog_events(service, "b8")
+    counted = {r: after[r] - before[r] for r in POSTHOG_RESULTS}
+    # As in B1: a request in flight when wrk stops may be stored unanswered.
+    measured["events_answered_202"] = measured["warmup_requests"] + measured["requests"]
+    measured["events_accepted"] = counted["accepted"]
+    measured["duplicate_events"] = counted["duplicate"]
+    measured["ignored_events"] = counted["ignored_event"] + counted["no_session"]
+    measured["service_rss_kib"] = infra.rss_kib(service.proc.pid)
+    ratio = measured["requests_per_s"] / baseline["requests_per_s"]
+    cpu = measured["cpu"]
+    run.say(
+        f"B8: {measured['requests_per_s']:.0f} events/s, ratio {ratio:.2f}, "
+        f"{cpu['server']['cpu_ms_per_request']} ms of service CPU per event, "
+        f"wrk {cpu['wrk']['cores_busy']} cores, {measured['requests_repeated']} repeated"
+    )
+    b1_batch = b1_result["service"]["cpu"]["server"]["cpu_ms_per_request"] if b1_result else None
+    return {
+        "baseline": baseline,
+        "service": measured,
+        "ratio": round(ratio, 3),
+        "cpu_ms_per_event": cpu["server"]["cpu_ms_per_request"],
+        "b1_cpu_ms_per_batch": b1_batch,
+        "cpu_per_event_vs_b1_batch": _ratio_of(cpu["server"]["cpu_ms_per_request"], b1_batch),
     }
 
 
@@ -731,6 +810,69 @@ def b4_rows(b4_result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _b8_problems(svc: dict[str, Any]) -> str:
+    """What would make B8's figure not the intake of new events: errors, events answered but
+    not accepted (or counted as duplicates, or ignored), requests wrk sent twice."""
+    problems = []
+    if svc["errors"] or svc["warmup_errors"]:
+        problems.append(f"{svc['errors'] + svc['warmup_errors']} errors")
+    if svc["events_accepted"] < svc["events_answered_202"]:
+        problems.append(f"{svc['events_answered_202'] - svc['events_accepted']} not accepted")
+    if svc["duplicate_events"]:
+        problems.append(f"{svc['duplicate_events']} duplicates")
+    if svc["ignored_events"]:
+        problems.append(f"{svc['ignored_events']} ignored")
+    repeated = svc["requests_repeated"] + svc["warmup_requests_repeated"]
+    if repeated:
+        problems.append(f"{repeated} requests repeated")
+    return "".join(f", {p}" for p in problems)
+
+
+def b8_rows(result: dict[str, Any], b1_result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """For information (no target yet): events/s against B1's bare endpoint, CPU per event
+    against B1's per batch (the bare endpoint's per request when B1 did not run), and wrk's
+    CPU beside the service's."""
+    base, svc = result["baseline"], result["service"]
+    cpu, batch = svc["cpu"], result["b1_cpu_ms_per_batch"]
+    if batch is not None:
+        against, reference = f"{batch:.3f} ms per B1 batch", batch
+    else:
+        reference = base["cpu"]["server"]["cpu_ms_per_request"]
+        against = f"{reference:.3f} ms bare endpoint"
+    event_ms = result["cpu_ms_per_event"]
+    wrk_cores, svc_cores = cpu["wrk"]["cores_busy"], cpu["server"]["cores_busy"]
+    in_b1 = f", B1: {b1_result['service']['cpu']['wrk']['cores_busy']:.2f}" if b1_result else ""
+    return [
+        _row(
+            "B8",
+            f"PostHog intake events/s (1 signed event, {svc['connections']} conn)",
+            f"{base['requests_per_s']:.0f} req/s bare",
+            f"{svc['requests_per_s']:.0f} events/s{_b8_problems(svc)}",
+            f"{result['ratio']:.2f}",
+            "info",
+            None,
+        ),
+        _row(
+            "B8",
+            "service CPU per PostHog event",
+            against,
+            f"{event_ms:.3f} ms",
+            _ratio(_ratio_of(event_ms, reference)),
+            "info",
+            None,
+        ),
+        _row(
+            "B8",
+            f"wrk CPU during B8 (cores{in_b1})",
+            f"{svc_cores:.2f} cores service",
+            f"{wrk_cores:.2f} cores",
+            _ratio(_ratio_of(wrk_cores, svc_cores)),
+            "info",
+            None,
+        ),
+    ]
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value} ms"
 
@@ -850,13 +992,17 @@ def wait_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def table(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = b1_rows(results["b1"]) + b2_rows(results["b2"])
-    if "b2_sweep" in results:
-        rows += sweep_rows(results["b2_sweep"], target_rate=results["b2"]["rate_per_s"])
-    rows += b6_rows(results)
-    rows += b3_rows(results["b3"]) + b5_rows(results["b5"])
+    rows: list[dict[str, Any]] = []
+    if "b1" in results:  # not with --only b8
+        rows += b1_rows(results["b1"]) + b2_rows(results["b2"])
+        if "b2_sweep" in results:
+            rows += sweep_rows(results["b2_sweep"], target_rate=results["b2"]["rate_per_s"])
+        rows += b6_rows(results)
+        rows += b3_rows(results["b3"]) + b5_rows(results["b5"])
     if "b4" in results:
         rows += b4_rows(results["b4"])
+    if "b8" in results:
+        rows += b8_rows(results["b8"], results.get("b1"))
     if "b7" in results:
         rows += b7_rows(results["b7"])
     return rows
@@ -952,10 +1098,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"a short smoke run (not for numbers); the default sweep becomes {QUICK_SWEEP_RATES}"
         " at 3 s",
     )
+    p.add_argument(
+        "--b8-duration", type=float, default=10.0, help="seconds of B8's measured wrk run"
+    )
+    p.add_argument("--b8-sessions", type=int, default=1000, help="B8's linked PostHog sessions")
+    p.add_argument(
+        "--only",
+        choices=("b8",),
+        help="b8: B1's baseline and B8 alone (B1 to B7 are not run)",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.b2_duration, args.b3_spread = 3.0, 1.0, 5.0, 2.0
+        args.b8_duration = min(args.b8_duration, 3.0)
         args.b4_sessions = min(args.b4_sessions, 5000)
         args.cluster_b2_duration = min(args.cluster_b2_duration, args.b2_duration)
         args.wait_duration = min(args.wait_duration, 3.0)
@@ -997,10 +1153,16 @@ def measure_all(run: Run) -> dict[str, Any]:
         run.workdir, redis_url=run.redis.url, products_file=run.products_file
     ) as svc:
         run.say(f"service pid {svc.proc.pid} at {infra.base_url(svc)}")
+        if run.args.only == "b8":
+            run.say("--only b8: B1's baseline, then B8; B1 to B7 are not run")
+            results["b8"] = b8(run, svc, baseline, None)
+            return results
         results["b1"] = b1(run, svc, baseline)
         # B4 next: its B1 runs then follow B1's directly (RSS and throughput comparable).
         if run.args.b4_sessions:
             results["b4"] = b4(run, svc, results["b1"])
+        # B8 while the service is as warm as in B1 and B4, whose wrk runs it is compared with.
+        results["b8"] = b8(run, svc, baseline, results["b1"])
         results.update(uvloop.run(latency_suite(run, svc)))
     missing = missing_binaries()
     if run.args.skip_cluster:

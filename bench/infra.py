@@ -5,6 +5,7 @@ the fake bot (bench/fakebot.py), the B1 baseline (bench/baseline_app.py) and the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -28,10 +29,12 @@ from tests.e2e.service import Bridge, bridge, stop_process
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 20.0
 Persistence = Literal["everysec", "always", "none"]
+POSTHOG_SECRET = "whsec_" + base64.b64encode(b"posthog-destination-key-0123456789").decode()
 RedisClient = redis.Redis | redis.RedisCluster
 
-# b1 and b4 (throughput): a debounce far longer than a run keeps the delivery worker idle, so
-# B1 measures intake alone. lat (B2, B3, B5): the default timings.
+# b1, b4 and b8 (throughput): a debounce far longer than a run keeps the delivery worker idle,
+# so B1 and B8 measure intake alone; b8 takes PostHog events, signed with POSTHOG_SECRET (B8).
+# lat (B2, B3, B5): the default timings.
 PRODUCTS_TOML = """
 [products.b1]
 platform = "http"
@@ -52,6 +55,18 @@ post_link_max_wait_s = 3600.0
 url = "{url}"
 signing_secret = "{signing}"
 webhook_secret = "{webhook}"
+
+[products.b8]
+platform = "http"
+ingest_token = "{token}"
+post_link_debounce_s = 3600.0
+post_link_max_wait_s = 3600.0
+[products.b8.http]
+url = "{url}"
+signing_secret = "{signing}"
+webhook_secret = "{webhook}"
+[products.b8.posthog]
+webhook_secret = "{posthog}"
 
 [products.lat]
 platform = "http"
@@ -75,6 +90,7 @@ def write_products(workdir: Path, *, bot_url: str, debounce_s: float) -> Path:
         url=bot_url,
         signing=HTTP_SECRET,
         webhook=WEBHOOK_SECRET,
+        posthog=POSTHOG_SECRET,
         debounce_s=debounce_s,
     )
     path.write_text(text)
@@ -341,12 +357,16 @@ def metric(running: Bridge, name: str, **labels: str) -> float:
     return total
 
 
-def metric_by_label(running: Bridge, name: str, label: str) -> dict[str, float]:
-    """A Prometheus series' samples summed by one label's value (e.g. requests by status)."""
+def metric_by_label(running: Bridge, name: str, label: str, **labels: str) -> dict[str, float]:
+    """A Prometheus series' samples summed by one label's value (e.g. requests by status),
+    of the samples whose labels include ``labels``."""
     text = running.client.get("/metrics").text
     pattern = re.compile(rf'{re.escape(label)}="([^"]*)"')
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
     totals: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(name + "{") and (match := pattern.search(line)):
+        if not (line.startswith(name + "{") and all(w in line for w in wanted)):
+            continue
+        if match := pattern.search(line):
             totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
