@@ -204,7 +204,8 @@ def create_app(
     # A worker serves only its probes and metrics: intake goes to the api processes.
     if serves_api:
         app.include_plain(ingest.router)
-    for module in (webhooks, posthog, sessions, health, debug) if serves_api else (health,):
+        app.include_plain(posthog.router)
+    for module in (webhooks, sessions, health, debug) if serves_api else (health,):
         app.include_router(module.router)
     install_docs(app)
     return app

@@ -14,16 +14,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import from_json
 
 from app import metrics, openapi
-from app.api.deps import JsonBody, ProductDep, ServicesDep
+from app.api.deps import json_body, lookup_product, services_of
 from app.api.errors import ApiError
 from app.api.ingest import count_intake, count_stored
 from app.auth import Credential
@@ -42,7 +42,8 @@ from app.products import PosthogConfig, ProductConfig
 from app.security import SignatureError, equals, verify_standard_webhook
 from app.store.redis_store import IngestOutcome, RedisStore, StoreError, StoreUnavailable
 
-router = APIRouter(tags=["posthog"])
+# Served as a plain route by BridgeApp.include_plain: PostHog posts one event per request.
+router = APIRouter(tags=["posthog"], generate_unique_id_function=openapi.operation_id)
 log = structlog.get_logger(__name__)
 
 
@@ -311,17 +312,14 @@ def _replay_fields(
 # --- the route -----------------------------------------------------------------------------------
 
 
-async def _posthog_product(product: ProductDep) -> tuple[ProductConfig, PosthogConfig]:
+def _posthog_section(product: ProductConfig) -> PosthogConfig:
     if product.posthog is None:
         raise ApiError(
             404,
             "posthog_not_configured",
             f"product {product.id!r} has no [posthog] section, so it takes no PostHog events",
         )
-    return product, product.posthog
-
-
-PosthogProductDep = Annotated[tuple[ProductConfig, PosthogConfig], Depends(_posthog_product)]
+    return product.posthog
 
 
 def _count(product: ProductConfig, outcomes: list[IngestOutcome]) -> tuple[int, int]:
@@ -348,13 +346,19 @@ def _count(product: ProductConfig, outcomes: list[IngestOutcome]) -> tuple[int, 
         openapi.INVALID_PAYLOAD,
         *openapi.STORE_ERRORS,
     ),
-    openapi_extra=openapi.operation(POSTHOG_BODY, openapi.security(*openapi.POSTHOG_CREDENTIALS)),
+    openapi_extra=openapi.operation(
+        openapi.path_parameter("product_id", "Product Id"),
+        POSTHOG_BODY,
+        openapi.security(*openapi.POSTHOG_CREDENTIALS),
+    ),
 )
-async def receive_posthog(
-    configured: PosthogProductDep, body: JsonBody, request: Request, services: ServicesDep
-) -> PosthogResponse:
+async def receive_posthog(request: Request) -> Response:
     """Turn PostHog events into actions of their sessions; 202 once they are durable."""
-    product, posthog = configured
+    # A plain route resolves what would be its dependencies itself, in the same order.
+    services = services_of(request)
+    product = lookup_product(services, request.path_params["product_id"])
+    posthog = _posthog_section(product)
+    body = await json_body(request, services)
     now = services.clock.now()
     credential = _credential(posthog, request.headers, body, now)
     if credential is None:
@@ -364,7 +368,7 @@ async def receive_posthog(
     intake = Intake(received_at=now)
     kept, ignored = _kept_events(product, posthog, items, is_array, intake)
     if not kept:
-        return PosthogResponse(accepted=0, duplicates=0, ignored=ignored)
+        return _answer(PosthogResponse(accepted=0, duplicates=0, ignored=ignored))
     if len(kept) == 1:
         structlog.contextvars.bind_contextvars(session_id=kept[0].payload.sid)
     outcomes = await services.store.ingest(
@@ -378,4 +382,8 @@ async def receive_posthog(
     # Before the worker hears of the work: a flush this request makes due finds the URL.
     await _save_project_url(services.store, product, posthog, items, now)
     await services.work_scheduled((o.due_at, o.shard) for o in outcomes)
-    return PosthogResponse(accepted=accepted, duplicates=duplicates, ignored=ignored)
+    return _answer(PosthogResponse(accepted=accepted, duplicates=duplicates, ignored=ignored))
+
+
+def _answer(answer: PosthogResponse) -> Response:
+    return Response(answer.model_dump_json(), status_code=202, media_type="application/json")
