@@ -75,6 +75,7 @@ ZENDESK_SECRET = "fuzz-zendesk-webhook-secret"
 POSTHOG_SECRET = "whsec_" + base64.b64encode(b"p" * 32).decode()
 POSTHOG_HEADER, POSTHOG_HEADER_SECRET = "x-posthog-secret", "fuzz-posthog-header-secret"
 ZENDESK_USERS = "https://globex.zendesk.com/api/v2/users/"
+INTERCOM_CONTACTS = "https://api.intercom.io/contacts/"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MAX_BODY_BYTES: int = Settings.model_fields["max_body_bytes"].default
 
@@ -762,6 +763,23 @@ def zendesk_user(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={"user": user})
 
 
+async def intercom_contact(request: httpx.Request) -> httpx.Response:
+    """Get Contact: ids ending in 4 are deleted (404), in 7 answer HTML, in 1 have no replay
+    URL; the others carry a replay URL whose session is the id."""
+    contact_id = request.url.path.rsplit("/", 1)[-1]
+    if contact_id.endswith("4"):
+        return httpx.Response(404, json={"type": "error.list", "errors": [{"code": "not_found"}]})
+    if contact_id.endswith("7"):
+        return httpx.Response(200, text="<html>maintenance</html>")
+    attributes = (
+        {}
+        if contact_id.endswith("1")
+        else {"latestPosthogReplayURL": f"https://us.posthog.com/project/1/replay/{contact_id}"}
+    )
+    contact = {"type": "contact", "id": contact_id, "custom_attributes": attributes}
+    return httpx.Response(200, json=contact)
+
+
 async def seed(h: Harness) -> None:
     """Per product: sess-1 has a batch and no link; sess-2 is linked, and its note, refused by
     the mocked platform, is a dead letter."""
@@ -783,9 +801,10 @@ async def seed(h: Harness) -> None:
 @pytest.fixture
 async def h(redis_client: aioredis.Redis, clock: ManualClock) -> AsyncIterator[Harness]:
     """The app over the flushed Redis, started once for all of a test's examples, outbound
-    calls mocked: Zendesk's Show User answers, every note is refused."""
+    calls mocked: Zendesk's Show User and Intercom's Get Contact answer, every note is refused."""
     with respx.mock(assert_all_called=False) as outbound:
         outbound.get(url__startswith=ZENDESK_USERS).mock(side_effect=zendesk_user)
+        outbound.get(url__startswith=INTERCOM_CONTACTS).mock(side_effect=intercom_contact)
         outbound.route().respond(400)
         async with running_app(
             products=fuzz_products(),
