@@ -47,3 +47,21 @@ class Note:
     # Stays the same across retries of this note (an idempotency key for the platform).
     delivery_id: str
     actions: tuple[Mapping[str, Any], ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class NoteBudget:
+    """A product's outbound notes per minute, shared by every process: one note per
+    ``interval_ms`` on average, up to ``burst`` at once after a quiet spell."""
+
+    per_minute: int
+    burst: int
+
+    @classmethod
+    def of(cls, per_minute: int) -> NoteBudget:
+        """The budget for ``per_minute`` notes; its burst is 10 % of it, at least 1."""
+        return cls(per_minute, max(1, per_minute // 10))
+
+    @property
+    def interval_ms(self) -> float:
+        return 60_000 / self.per_minute

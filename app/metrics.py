@@ -72,5 +72,15 @@ HTTP_REFUSED = Counter(
     "too slow).",
     ["reason"],
 )
+NOTES_THROTTLED = Counter(
+    "bridge_notes_throttled_total",
+    "Due sessions held back by their product's shared note budget (posted later, not failed).",
+    ["product"],
+)
+CIRCUIT_OPEN = Gauge(
+    "bridge_platform_circuit_open",
+    "1 while a product's deliveries are paused after consecutive retryable failures.",
+    ["product"],
+)
 DUE_SESSIONS = Gauge("bridge_due_sessions", "Sessions with a note waiting in the due queue.")
 DEAD_LETTERS = Gauge("bridge_dead_letters", "Notes in a product's dead-letter list.", ["product"])

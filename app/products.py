@@ -14,12 +14,17 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from app.domain import NoteBudget
 from app.security import decode_whsec
 
 # \Z, not $: "$" would also accept a trailing newline.
 PRODUCT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
 PlatformName = Literal["intercom", "zendesk", "http", "console"]
+# Outbound notes per minute when a product sets no max_notes_per_minute: well inside each
+# platform's API limit (Intercom: 10 000 calls a minute per app, shared with the workspace's
+# other integrations; Zendesk: 200 to 700 a minute by plan). Self-hosted bots: no limit.
+DEFAULT_NOTES_PER_MINUTE: Mapping[str, int] = {"intercom": 1000, "zendesk": 100}
 
 # Keys whose values are masked wherever a product is shown.
 SECRET_KEYS = frozenset(
@@ -222,6 +227,10 @@ class ProductConfig(_Strict):
     session_attribute: str = "posthog_session_id"
     interaction_timeout_s: float = Field(default=20.0, ge=0, allow_inf_nan=False)
     cooldown_period_s: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+    # Outbound notes per minute across every process (None: the platform's default; 0: no
+    # limit), and concurrent outbound calls per process.
+    max_notes_per_minute: int | None = Field(default=None, ge=0)
+    max_notes_in_flight: int = Field(default=16, ge=1)
     intercom: IntercomConfig | None = None
     zendesk: ZendeskConfig | None = None
     http: HttpConfig | None = None
@@ -247,6 +256,15 @@ class ProductConfig(_Strict):
         if self.webhook_secret is None:
             raise ValueError(f"needs its platform's webhook secret ([{self.platform}] section)")
         return self
+
+    @property
+    def note_budget(self) -> NoteBudget | None:
+        """The shared outbound budget: ``max_notes_per_minute``, else the platform's
+        default; None when unlimited."""
+        per_minute = self.max_notes_per_minute
+        if per_minute is None:
+            per_minute = DEFAULT_NOTES_PER_MINUTE.get(self.platform, 0)
+        return NoteBudget.of(per_minute) if per_minute > 0 else None
 
     @property
     def ingest_webhook_key(self) -> bytes | None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 import structlog
 
 from app import metrics
 from app.clock import Clock
+from app.delivery.admission import Admission, Outcome
 from app.delivery.backoff import GIVE_UP_AFTER_S, retry_delay_s
-from app.domain import Note, NoteKind
+from app.domain import Note, NoteBudget, NoteKind
 from app.notes import format_note, format_summary, replay_link
 from app.platforms.base import (
     ConversationNotFound,
@@ -41,6 +44,9 @@ from app.store.redis_store import (
 log = structlog.get_logger(__name__)
 
 MAX_NOTE_ACTIONS = 1000
+# Due members read beyond the worker's free capacity, so that sessions of products that may
+# not start now (at their cap, over their budget) never hide the others'.
+LOOKAHEAD = 64
 _KINDS: dict[str, NoteKind] = {"pre": "prelink", "out": "postlink", "summary": "summary"}
 
 
@@ -100,6 +106,9 @@ class DeliveryWorker:
         self._wake_at = math.inf
         self._drain_until: float | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self.admission = Admission(products)
+        # Products at their in-flight cap with due sessions waiting (see Admission.plan).
+        self._waiting: set[str] = set()
         # When each shard's next session is due, as far as this process knows (0: look now).
         self._shard_due = [0.0] * keys.SHARDS
         self._next_sweep = 0.0
@@ -199,7 +208,7 @@ class DeliveryWorker:
         for claim in claims:
             task = asyncio.create_task(self._deliver(claim))
             self._in_flight.add(task)
-            task.add_done_callback(self._finished)
+            task.add_done_callback(functools.partial(self._finished, claim.product_id))
         if len(claims) == capacity:
             return 0.0, None
         return self._delay(self._clock.now()), self._next_due()
@@ -212,12 +221,12 @@ class DeliveryWorker:
         """Until the next known due time, or the next sweep of every shard."""
         return max(0.0, min(min(self._shard_due), self._next_sweep) - now)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, product_id: str, task: asyncio.Task[None]) -> None:
         was_full = len(self._in_flight) >= self._concurrency
         self._in_flight.discard(task)
         # New due times arrive through notify(); a finished delivery matters to the loop only
-        # when it was waiting for a free slot, or to end a drain.
-        if was_full or self._drain_until is not None:
+        # when it (or its product) was waiting for a free slot, or to end a drain.
+        if was_full or product_id in self._waiting or self._drain_until is not None:
             self._wake_now()
 
     async def _sleep(self, delay: float) -> None:
@@ -233,23 +242,94 @@ class DeliveryWorker:
                     await self._wake.wait()
 
     async def _claim(self, limit: int, *, shards: list[int] | None) -> list[Claim]:
+        """Read the due queues, start what each product may start now (its in-flight cap, its
+        circuit, its shared note budget), hold back what it may not, and claim the rest."""
         known = list(self._shard_due)
-        found = await self._store.claim_due(
-            now=self._clock.now(),
-            limit=limit,
+        now = self._clock.now()
+        due = await self._store.due_sessions(now=now, limit=limit + LOOKAHEAD, shards=shards)
+        plan = self.admission.plan(due.members, capacity=limit, now=now)
+        start, hold = list(plan.start), list(plan.hold)
+        grants = await self._apply_budgets(start, hold, now)
+        if hold:
+            await self._store.defer([(member, until) for _, member, until in hold], now=now)
+        claims = await self._store.claim(
+            [member for _, member in start],
+            now=now,
             lease_s=self._lease_s,
             max_note_actions=MAX_NOTE_ACTIONS,
-            shards=shards,
         )
-        for shard, due_at in found.next_due.items():
+        for claim in claims:
+            self.admission.started(claim.product_id)
+        await self._give_back(grants, claims, now)
+        self._waiting = plan.waiting
+        held = [(shard, until) for shard, _, until in hold]
+        for shard, due_at in due.next_due(now, busy=plan.busy, held=held).items():
             read = math.inf if due_at is None else due_at
             # A notify() that came in while the queues were read is newer than the read.
             if self._shard_due[shard] != known[shard]:
                 read = min(read, self._shard_due[shard])
             self._shard_due[shard] = read
-        return found.claims
+        return claims
+
+    async def _apply_budgets(
+        self,
+        start: list[tuple[int, bytes]],
+        hold: list[tuple[int, bytes, float]],
+        now: float,
+    ) -> dict[str, tuple[int, NoteBudget]]:
+        """Take each limited product's notes from its shared budget; a member over it moves
+        from ``start`` to ``hold``, until its expected turn. Returns what was granted."""
+        wanted: dict[str, list[tuple[int, bytes]]] = {}
+        budgets: dict[str, NoteBudget] = {}
+        for shard, member in start:
+            product_id = keys.split_due_member(member.decode())[0]
+            product = self._products.get(product_id)
+            budget = product.note_budget if product is not None else None
+            if budget is not None:
+                budgets[product_id] = budget
+                wanted.setdefault(product_id, []).append((shard, member))
+        if not budgets:
+            return {}
+        answers = await self._store.take_notes(
+            {p: (len(wanted[p]), budget) for p, budget in budgets.items()}, now=now
+        )
+        granted: dict[str, tuple[int, NoteBudget]] = {}
+        for product_id, grant in answers.items():
+            granted[product_id] = (grant.granted, budgets[product_id])
+            over = wanted[product_id][grant.granted :]
+            if not over:
+                continue
+            metrics.NOTES_THROTTLED.labels(product_id).inc(len(over))
+            interval_s = budgets[product_id].interval_ms / 1000
+            for turn, (shard, member) in enumerate(over):
+                start.remove((shard, member))
+                hold.append((shard, member, grant.next_free + turn * interval_s))
+        return granted
+
+    async def _give_back(
+        self, granted: dict[str, tuple[int, NoteBudget]], claims: list[Claim], now: float
+    ) -> None:
+        """Return the notes granted for sessions another process claimed first."""
+        claimed = Counter(claim.product_id for claim in claims)
+        unused = {
+            product_id: (claimed[product_id] - count, budget)
+            for product_id, (count, budget) in granted.items()
+            if count > claimed[product_id]
+        }
+        if unused:
+            await self._store.take_notes(unused, now=now)
 
     async def _deliver(self, claim: Claim) -> None:
+        outcome: Outcome = "other"
+        retry_at: float | None = None
+        try:
+            outcome, retry_at = await self._post(claim)
+        finally:
+            self.admission.finished(claim.product_id, outcome, retry_at=retry_at)
+
+    async def _post(self, claim: Claim) -> tuple[Outcome, float | None]:
+        """Post the claim's note and record the result; returns how it went for the
+        product's circuit (and, for a retry, when the note is due again)."""
         bound = log.bind(
             product_id=claim.product_id,
             session_id=claim.session_id,
@@ -264,8 +344,9 @@ class DeliveryWorker:
             note = build_note(claim, product, now=self._clock.now(), project_url=project_url)
             note_id = await platform.post_note(note)
         except Exception as exc:  # every failure is recorded; none loses the note's actions
-            await self._record_failure(claim, product, exc, bound)
-            return
+            mode, retry_at = await self._record_failure(claim, product, exc, bound)
+            retryable = mode == "retry" and isinstance(exc, RetryableDeliveryError)
+            return ("retryable", retry_at) if retryable else ("other", None)
         try:
             outcome = await self._store.ack(
                 claim,
@@ -278,12 +359,13 @@ class DeliveryWorker:
             # The note is posted but not acknowledged: the lease runs out and the note may
             # be posted again (at-least-once delivery).
             bound.warning("note_ack_failed", error=str(exc))
-            return
+            return "posted", None
         self.notify(outcome.due_at, claim.shard)
         metrics.NOTES_POSTED.labels(product.id, product.platform, note.kind).inc()
         metrics.NOTE_DELIVERY_SECONDS.observe(max(0.0, self._clock.now() - claim.queued_at))
         bound.info("note_delivered", kind=note.kind, note_id=note_id, actions=len(note.actions))
         await self._redact(platform, product, outcome.replaced, bound)
+        return "posted", None
 
     async def _project_url(self, claim: Claim, product: ProductConfig) -> str | None:
         """The project URL for the replay link of an at-link flush, for a product with
@@ -324,7 +406,7 @@ class DeliveryWorker:
         product: ProductConfig | None,
         exc: Exception,
         bound: structlog.typing.FilteringBoundLogger,
-    ) -> None:
+    ) -> tuple[FailMode, float]:
         mode, retry_at = self._failure_plan(claim, exc)
         error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, DeliveryError):
@@ -332,7 +414,8 @@ class DeliveryWorker:
         else:
             bound.error("note_failed", error=error, mode=mode, exc_info=exc)
         if product is None:
-            return  # an unconfigured product's sessions wait in the store until it returns
+            # An unconfigured product's sessions wait in the store until it returns.
+            return mode, retry_at
         metrics.NOTE_FAILURES.labels(product.id, product.platform, type(exc).__name__).inc()
         try:
             _, due_at = await self._store.fail(
@@ -342,6 +425,7 @@ class DeliveryWorker:
             bound.warning("note_failure_not_recorded", error=str(store_exc))
         else:
             self.notify(due_at, claim.shard)
+        return mode, retry_at
 
     def _failure_plan(self, claim: Claim, exc: Exception) -> tuple[FailMode, float]:
         now = self._clock.now()

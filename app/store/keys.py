@@ -117,6 +117,12 @@ def pending_key(product_id: str, *, user_id: str | None = None, email: str | Non
     return f"{ROOT}:pend:{product_id}:e:{email.lower()}"
 
 
+def limiter_key(product_id: str) -> str:
+    """A product's outbound note budget: the GCRA's next arrival time in ms (a string), shared
+    by every process; it expires once the budget is full again."""
+    return f"{ROOT}:limit:{product_id}"
+
+
 def dead_letter_key(product_id: str) -> str:
     """A product's dead letters: a sorted set of JSON entries scored by failure time (ms)."""
     return f"{ROOT}:dead:{product_id}"

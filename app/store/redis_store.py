@@ -28,7 +28,7 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 
-from app.domain import LinkEvent
+from app.domain import LinkEvent, NoteBudget
 from app.models import ActionsPayload, SummaryPayload
 from app.products import ProductConfig
 from app.store import keys
@@ -148,6 +148,40 @@ class Claim:
 
     def actions(self) -> list[StoredAction]:
         return in_arrival_order(self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a product's note budget allowed: ``granted`` notes may start now; the next one
+    may start at ``next_free`` (epoch seconds)."""
+
+    granted: int
+    next_free: float
+
+
+@dataclass(frozen=True, slots=True)
+class DueSessions:
+    """What one read of the due queues found: the due members, earliest first, as (shard,
+    member); the shards whose read stopped at its limit (more may be due there); and when
+    each shard's first member that is not due yet falls due (None: nothing queued)."""
+
+    members: list[tuple[int, bytes]]
+    full: set[int]
+    later: dict[int, float | None]
+
+    def next_due(
+        self, now: float, *, busy: Iterable[int] = (), held: Iterable[tuple[int, float]] = ()
+    ) -> dict[int, float | None]:
+        """When to look at each shard again: now if more is due there than was taken
+        (``full``, or a ``busy`` shard with due members left), else at its next member's
+        time, or a ``held`` member's new time (``(shard, until)``) if that is sooner."""
+        soonest: dict[int, float | None] = dict(self.later)
+        for shard, until in held:
+            current = soonest.get(shard)
+            soonest[shard] = until if current is None else min(current, until)
+        for shard in {*self.full, *busy}:
+            soonest[shard] = now
+        return soonest
 
 
 @dataclass(frozen=True, slots=True)
@@ -727,10 +761,24 @@ class RedisStore:
         shards: Iterable[int] | None = None,
     ) -> ClaimRound:
         """Lease up to ``limit`` due sessions, earliest first, from the given shards' due
-        queues (all by default). Two single-slot steps: read each queue's due members (one
-        round trip for all shards), then claim each session with its own keys; a session
-        another process claimed in between is skipped. Dead letters a crash left unfiled are
-        filed on the way."""
+        queues (all by default): ``due_sessions``, then ``claim`` of the earliest."""
+        due = await self.due_sessions(now=now, limit=limit, shards=shards)
+        taken = due.members[:limit]
+        claims = await self.claim(
+            [member for _, member in taken],
+            now=now,
+            lease_s=lease_s,
+            max_note_actions=max_note_actions,
+        )
+        left_over = {shard for shard, _ in due.members[limit:]}
+        return ClaimRound(claims, due.next_due(now, busy=left_over))
+
+    async def due_sessions(
+        self, *, now: float, limit: int, shards: Iterable[int] | None = None
+    ) -> DueSessions:
+        """Up to ``limit`` due members of each given shard's queue (all by default), earliest
+        first over all of them, and when each shard's next member falls due. One round trip;
+        nothing is leased (``claim`` does that)."""
         looked = list(range(keys.SHARDS) if shards is None else shards)
         now_ms = _ms(now)
         heads = [
@@ -755,17 +803,27 @@ class RedisStore:
             for shard, members in zip(looked, due_now, strict=True)
             for member, score in members
         )
-        chosen = candidates[:limit]
-        left_over = {shard for _, shard, _ in candidates[limit:]}
-        next_due: dict[int, float | None] = {}
-        for shard, members, head in zip(looked, due_now, later, strict=True):
-            if shard in left_over or len(members) >= limit:
-                next_due[shard] = now  # more is due than this round took
-            else:
-                next_due[shard] = float(head[0][1]) / 1000 if head else None
-        members = [member for _, _, member in chosen]
-        claims = await self._claim_sessions(members, now_ms, _ms(lease_s), max_note_actions)
-        return ClaimRound(claims, next_due)
+        return DueSessions(
+            members=[(shard, member) for _, shard, member in candidates],
+            full={
+                shard
+                for shard, members in zip(looked, due_now, strict=True)
+                if len(members) >= limit
+            },
+            later={
+                shard: float(head[0][1]) / 1000 if head else None
+                for shard, head in zip(looked, later, strict=True)
+            },
+        )
+
+    async def claim(
+        self, members: Sequence[bytes], *, now: float, lease_s: float, max_note_actions: int
+    ) -> list[Claim]:
+        """Lease these due members' sessions (a session another process claimed meanwhile is
+        skipped). Dead letters a crash left unfiled are filed on the way."""
+        if not members:
+            return []
+        return await self._claim_sessions(list(members), _ms(now), _ms(lease_s), max_note_actions)
 
     async def _claim_sessions(
         self, members: list[bytes], now_ms: int, lease_ms: int, max_note_actions: int
@@ -932,6 +990,47 @@ class RedisStore:
         await self._after_step("dead.filed")
         session_dead = keys.session_keys(product_id, session_id).dead
         await self._send([Plain("hdel", (session_dead, *(str(x["id"]) for x in letters)))])
+
+    # -- outbound limits --------------------------------------------------------------------
+
+    async def take_notes(
+        self, budgets: Mapping[str, tuple[int, NoteBudget]], *, now: float
+    ) -> dict[str, Grant]:
+        """Take up to ``wanted`` notes from each product's shared budget (``{product_id:
+        (wanted, budget)}``; a negative ``wanted`` gives unused notes back). One round trip."""
+        ids = list(budgets)
+        calls = [
+            LAYOUTS["limit"].call(
+                keys={"limiter": keys.limiter_key(product_id)},
+                args={
+                    "now_ms": _ms(now),
+                    "interval_ms": budgets[product_id][1].interval_ms,
+                    "burst": budgets[product_id][1].burst,
+                    "take": budgets[product_id][0],
+                },
+            )
+            for product_id in ids
+        ]
+        answers = await self._send(calls)
+        return {
+            product_id: Grant(int(granted), float(next_free) / 1000)
+            for product_id, (granted, next_free) in zip(ids, answers, strict=True)
+        }
+
+    async def defer(self, held: Sequence[tuple[bytes, float]], *, now: float) -> int:
+        """Hold each due member back until its time (``(member, until)``), without counting a
+        failure; returns how many were held back (a leased or later member is left alone)."""
+        calls = []
+        for member, until in held:
+            product_id, session_id = keys.split_due_member(member.decode())
+            calls.append(
+                self._session_call(
+                    "defer",
+                    keys.session_keys(product_id, session_id),
+                    args={"now_ms": _ms(now), "member": member, "until_ms": _ms(until)},
+                )
+            )
+        return sum(int(r) for r in await self._send(calls))
 
     async def next_due_at(self) -> float | None:
         heads = await self._send(

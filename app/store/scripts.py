@@ -28,6 +28,8 @@ ScriptName = Literal[
     "requeue",
     "session",
     "proactive",
+    "limit",
+    "defer",
 ]
 SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
 
@@ -201,6 +203,8 @@ LAYOUTS: Mapping[ScriptName, ScriptLayout] = {
                 "session_ttl_s", "replay_field",
             ),
         ),
+        ScriptLayout("limit", keys=("limiter",), args=("now_ms", "interval_ms", "burst", "take")),
+        ScriptLayout("defer", keys=("state", "due"), args=("now_ms", "member", "until_ms")),
     )
 }  # fmt: skip
 assert tuple(LAYOUTS) == SCRIPT_NAMES, "one layout per script, in SCRIPT_NAMES order"

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from app.delivery.worker import DeliveryWorker
 from app.store import keys
-from app.store.redis_store import ClaimRound, RedisStore
+from app.store.redis_store import DueSessions, RedisStore
 from tests.conftest import ManualClock, make_product
 from tests.store.helpers import actions
 
@@ -24,10 +24,10 @@ class LookingStore(RedisStore):
         super().__init__(client)
         self.looked: list[list[int] | None] = []
 
-    async def claim_due(self, **kwargs: Any) -> ClaimRound:
+    async def due_sessions(self, **kwargs: Any) -> DueSessions:
         shards = kwargs.get("shards")
         self.looked.append(None if shards is None else sorted(shards))
-        return await super().claim_due(**kwargs)
+        return await super().due_sessions(**kwargs)
 
 
 def worker_for(store: RedisStore, clock: ManualClock) -> DeliveryWorker:
@@ -91,8 +91,8 @@ class NotifiedWhileReading(LookingStore):
     shard: int
     armed = False
 
-    async def claim_due(self, **kwargs: Any) -> ClaimRound:
-        found = await super().claim_due(**kwargs)
+    async def due_sessions(self, **kwargs: Any) -> DueSessions:
+        found = await super().due_sessions(**kwargs)
         if self.armed:  # lands before the read's answer is used
             self.worker.notify(kwargs["now"], self.shard)
         return found
