@@ -50,9 +50,9 @@ class Plan:
     hold: list[tuple[int, bytes, float]] = field(default_factory=list)  # (shard, member, until)
     # Shards with due members left only because the worker's own capacity ran out.
     busy: set[int] = field(default_factory=set)
-    # Products at their cap with due members left waiting: a finished delivery of theirs
-    # should bring the next look forward.
-    waiting: set[str] = field(default_factory=set)
+    # Products at their cap with due members left waiting, and those members' shards: a
+    # finished delivery of theirs should bring the next look at those shards forward.
+    waiting: dict[str, set[int]] = field(default_factory=dict)
 
 
 class Admission:
@@ -102,7 +102,7 @@ class Admission:
             product = self._products[product_id]
             waiting[product_id] += 1
             if waiting[product_id] <= product.max_notes_in_flight:
-                plan.waiting.add(product_id)
+                plan.waiting.setdefault(product_id, set()).add(shard)
             else:
                 plan.hold.append((shard, member, now + CAPPED_HOLD_S))
         return plan

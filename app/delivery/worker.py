@@ -107,8 +107,8 @@ class DeliveryWorker:
         self._drain_until: float | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self.admission = Admission(products)
-        # Products at their in-flight cap with due sessions waiting (see Admission.plan).
-        self._waiting: set[str] = set()
+        # Products at their in-flight cap with due sessions waiting, by shard (Admission.plan).
+        self._waiting: dict[str, set[int]] = {}
         # When each shard's next session is due, as far as this process knows (0: look now).
         self._shard_due = [0.0] * keys.SHARDS
         self._next_sweep = 0.0
@@ -225,8 +225,10 @@ class DeliveryWorker:
         was_full = len(self._in_flight) >= self._concurrency
         self._in_flight.discard(task)
         # New due times arrive through notify(); a finished delivery matters to the loop only
-        # when it (or its product) was waiting for a free slot, or to end a drain.
-        if was_full or product_id in self._waiting or self._drain_until is not None:
+        # when it (or its product's due sessions) waited for a free slot, or to end a drain.
+        for shard in self._waiting.pop(product_id, ()):
+            self.notify(self._clock.now(), shard)
+        if was_full or self._drain_until is not None:
             self._wake_now()
 
     async def _sleep(self, delay: float) -> None:
@@ -261,15 +263,35 @@ class DeliveryWorker:
         for claim in claims:
             self.admission.started(claim.product_id)
         await self._give_back(grants, claims, now)
-        self._waiting = plan.waiting
+        busy = self._keep_waiting(plan.waiting, read=shards, now=now) | plan.busy
         held = [(shard, until) for shard, _, until in hold]
-        for shard, due_at in due.next_due(now, busy=plan.busy, held=held).items():
+        for shard, due_at in due.next_due(now, busy=busy, held=held).items():
             read = math.inf if due_at is None else due_at
             # A notify() that came in while the queues were read is newer than the read.
             if self._shard_due[shard] != known[shard]:
                 read = min(read, self._shard_due[shard])
             self._shard_due[shard] = read
         return claims
+
+    def _keep_waiting(
+        self, found: dict[str, set[int]], *, read: list[int] | None, now: float
+    ) -> set[int]:
+        """Remember, by product, the shards where due sessions wait for one of its slots (a
+        shard this round did not read keeps what an earlier round found there). Returns the
+        shards to look at again at once: their product has a free slot already."""
+        looked = set(range(keys.SHARDS)) if read is None else set(read)
+        waiting: dict[str, set[int]] = {}
+        for product_id, shards in self._waiting.items():
+            if unread := shards - looked:
+                waiting[product_id] = unread
+        for product_id, shards in found.items():
+            waiting.setdefault(product_id, set()).update(shards)
+        again: set[int] = set()
+        for product_id in list(waiting):
+            if self.admission.room(product_id, now) > 0:  # a slot freed during this round
+                again |= waiting.pop(product_id)
+        self._waiting = waiting
+        return again
 
     async def _apply_budgets(
         self,
