@@ -425,6 +425,33 @@ class SessionView(BaseModel):
     next_note_due_at: float | None = Field(description="Unix seconds.")
 
 
+class NoteBudgetView(BaseModel):
+    """A product's shared outbound budget, as the store holds it now."""
+
+    per_minute: int
+    burst: int
+    available_now: int = Field(description="Notes that may start at once, on every replica.")
+    next_free_at: float = Field(description="Unix seconds: when the next note may start.")
+
+
+class CircuitView(BaseModel):
+    """This process's circuit breaker for the product."""
+
+    state: Literal["closed", "open", "half_open"]
+    consecutive_failures: int
+    open_until: float | None = Field(description="Unix seconds; set while open or half open.")
+
+
+class DeliveryView(BaseModel):
+    """How a product's deliveries are limited right now."""
+
+    product_id: str
+    note_budget: NoteBudgetView | None = Field(description="None: no per-minute limit.")
+    max_notes_in_flight: int
+    in_flight: int | None = Field(description="This process's calls; None without a worker.")
+    circuit: CircuitView | None = Field(description="This process's; None without a worker.")
+
+
 class DeadLetter(BaseModel):
     """A note that could not be delivered, with what it carried."""
 

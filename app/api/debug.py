@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from app import openapi
 from app.api.deps import AdminDep, ProductDep, ServicesDep, SessionIdPath
 from app.api.errors import ApiError
-from app.models import DeadLetterList, DeadLetterReplay, ProductList, SessionView
+from app.models import DeadLetterList, DeadLetterReplay, DeliveryView, ProductList, SessionView
 from app.products import masked_view
 
 ADMIN = (openapi.ADMIN_DISABLED, openapi.UNAUTHORIZED)
@@ -87,3 +87,42 @@ async def replay_dead_letters(
     )
     await services.work_scheduled([(services.clock.now(), None)])
     return {"product_id": product.id, "replayed": replayed}
+
+
+@router.get(
+    "/delivery/{product_id}",
+    response_model=DeliveryView,
+    responses=openapi.error_responses(*ADMIN, *PRODUCT, openapi.STORE_UNAVAILABLE),
+    openapi_extra=ADMIN_SECURITY,
+)
+async def show_delivery(_: AdminDep, product: ProductDep, services: ServicesDep) -> dict[str, Any]:
+    """The product's outbound limits now: its shared note budget (every replica), and this
+    process's calls in flight and circuit breaker."""
+    now = services.clock.now()
+    budget = product.note_budget
+    budget_view = None
+    if budget is not None:
+        available, next_free = await services.store.note_budget_state(product.id, budget, now=now)
+        budget_view = {
+            "per_minute": budget.per_minute,
+            "burst": budget.burst,
+            "available_now": available,
+            "next_free_at": next_free,
+        }
+    in_flight = circuit_view = None
+    if services.settings.role != "api":
+        board = services.worker.admission
+        circuit = board.circuit(product.id)
+        in_flight = board.in_flight[product.id]
+        circuit_view = {
+            "state": circuit.state(now),
+            "consecutive_failures": circuit.failures,
+            "open_until": circuit.open_until,
+        }
+    return {
+        "product_id": product.id,
+        "note_budget": budget_view,
+        "max_notes_in_flight": product.max_notes_in_flight,
+        "in_flight": in_flight,
+        "circuit": circuit_view,
+    }

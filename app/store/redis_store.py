@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -1016,6 +1017,19 @@ class RedisStore:
             product_id: Grant(int(granted), float(next_free) / 1000)
             for product_id, (granted, next_free) in zip(ids, answers, strict=True)
         }
+
+    async def note_budget_state(
+        self, product_id: str, budget: NoteBudget, *, now: float
+    ) -> tuple[int, float]:
+        """How many notes may start now under the product's budget, and when the next one may
+        (for operators: a read, nothing is taken)."""
+        tat_ms = _float(_text(await self._read(self._redis.get(keys.limiter_key(product_id)))))
+        now_ms = _ms(now)
+        tat = max(now_ms, tat_ms if tat_ms is not None else now_ms)
+        interval = budget.interval_ms
+        available = math.floor((now_ms + budget.burst * interval - tat) / interval + 1e-9)
+        next_free = max(now_ms, tat - (budget.burst - 1) * interval)
+        return max(0, min(budget.burst, available)), next_free / 1000
 
     async def defer(self, held: Sequence[tuple[bytes, float]], *, now: float) -> int:
         """Hold each due member back until its time (``(member, until)``), without counting a

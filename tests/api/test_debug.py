@@ -108,3 +108,39 @@ async def test_dead_letters_are_listed_and_replayed(redis_client, clock: ManualC
     delivered = json.loads(route.calls[-1].request.content)
     assert delivered["body"].endswith("\n\n[1] A")
     assert empty["total"] == 0
+
+
+async def test_delivery_view_shows_the_budget_in_flight_and_circuit(
+    redis_client, clock: ManualClock
+) -> None:
+    clock.t = T0
+    limited = make_product("acme", max_notes_per_minute=60, max_notes_in_flight=3)
+    free = make_product("free")
+    with respx.mock() as mock:
+        mock.post(NOTES_URL).mock(return_value=httpx.Response(503))
+        async with running_app(
+            products=[limited, free],
+            clock=clock,
+            redis_client=redis_client,
+            admin_token="admin-token-0123456789",
+        ) as h:
+            fresh = (await h.client.get("/debug/delivery/acme", headers=ADMIN)).json()
+            for n in range(5):
+                body = batch(f"s{n}", ("A", T0), conversation_id=f"c{n}")
+                assert (await h.post_batch("acme", body)).status_code == 202
+            assert await h.deliver() == 5  # three at a time (the cap); all fail (503)
+            after = (await h.client.get("/debug/delivery/acme", headers=ADMIN)).json()
+            unlimited = (await h.client.get("/debug/delivery/free", headers=ADMIN)).json()
+    assert fresh == {
+        "product_id": "acme",
+        "note_budget": {"per_minute": 60, "burst": 6, "available_now": 6, "next_free_at": T0},
+        "max_notes_in_flight": 3,
+        "in_flight": 0,
+        "circuit": {"state": "closed", "consecutive_failures": 0, "open_until": None},
+    }
+    assert after["note_budget"]["available_now"] == 1
+    assert after["in_flight"] == 0
+    circuit = after["circuit"]
+    assert (circuit["state"], circuit["consecutive_failures"]) == ("open", 5)
+    assert circuit["open_until"] > T0
+    assert unlimited["note_budget"] is None

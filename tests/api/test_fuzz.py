@@ -836,6 +836,7 @@ DEBUG = [
     ("GET", "/debug/products"),
     ("GET", "/debug/sessions/{product_id}/{session_id}"),
     ("GET", "/debug/dead-letters/{product_id}"),
+    ("GET", "/debug/delivery/{product_id}"),
     ("POST", "/debug/dead-letters/{product_id}/replay"),
 ]
 DOCS = [

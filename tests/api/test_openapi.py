@@ -58,6 +58,7 @@ SECURITY: dict[tuple[str, str], list[str]] = {
     ("get", "/debug/products"): ADMIN,
     ("get", "/debug/sessions/{product_id}/{session_id}"): ADMIN,
     ("get", "/debug/dead-letters/{product_id}"): ADMIN,
+    ("get", "/debug/delivery/{product_id}"): ADMIN,
     ("post", "/debug/dead-letters/{product_id}/replay"): ADMIN,
 }
 # The schema of each operation's success answer.
@@ -73,6 +74,7 @@ SUCCESS: dict[tuple[str, str], tuple[str, str]] = {
     ("get", "/debug/products"): ("200", "ProductList"),
     ("get", "/debug/sessions/{product_id}/{session_id}"): ("200", "SessionView"),
     ("get", "/debug/dead-letters/{product_id}"): ("200", "DeadLetterList"),
+    ("get", "/debug/delivery/{product_id}"): ("200", "DeliveryView"),
     ("post", "/debug/dead-letters/{product_id}/replay"): ("200", "DeadLetterReplay"),
 }
 BODY = {"unsupported_media_type", "body_too_large", "shutting_down"}  # and request_timeout
@@ -111,6 +113,8 @@ ERRORS: dict[tuple[str, str], set[str]] = {
     | PRODUCT_READ
     | {"store_unavailable"},
     ("get", "/debug/dead-letters/{product_id}"): ADMIN_ONLY
+    | {"unknown_product", "invalid_request", "store_unavailable"},
+    ("get", "/debug/delivery/{product_id}"): ADMIN_ONLY
     | {"unknown_product", "invalid_request", "store_unavailable"},
     ("post", "/debug/dead-letters/{product_id}/replay"): ADMIN_ONLY
     | {"unknown_product", "invalid_request"}
