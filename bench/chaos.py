@@ -5,7 +5,11 @@ cluster primary?
 It starts its own Redis, the fake bot and the service (``python -m app serve``), sends a few
 hundred sessions of traffic the way a real sender does (retrying 503s and connection errors),
 injects the faults, waits for the queue to drain, then compares every accepted action with the
-notes the bot received. Two topologies, run one after the other by default:
+notes the bot received. Beside the main product, a product with a low note budget
+(``max_notes_per_minute``) takes load all along, and a product whose platform hangs for a while
+(every post held for seconds) takes a burst of sessions meanwhile: nothing of theirs may be lost
+either, and the other products' notes must not wait for the hanging one. Two topologies, run
+one after the other by default:
 
 - ``standalone``: one redis-server (append-only, fsync always), restarted once;
 - ``cluster``: a Redis Cluster of 3 primaries and 3 replicas (tests/cluster.py), the service with
@@ -26,6 +30,7 @@ import datetime as dt
 import heapq
 import itertools
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -55,6 +60,11 @@ from tests.harness import signed_webhook
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = "chaos"
+CAPPED = "chaos-capped"  # a low shared note budget, loaded all along
+HANGING = "chaos-hang"  # its platform hangs for a while (its own fake bot)
+PRODUCTS = (PRODUCT, CAPPED, HANGING)
+# Session ids and action descriptions of each product's traffic: "<session>-0001", "<x>0001-a000".
+PREFIXES = {PRODUCT: ("chaos", "c"), CAPPED: ("capped", "k"), HANGING: ("hang", "h")}
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 RESULTS_FILES = {
     "standalone": RESULTS_DIR / "chaos-latest.json",
@@ -75,6 +85,30 @@ bin_seconds = 3
 url = "{{url}}"
 signing_secret = "{HTTP_SECRET}"
 webhook_secret = "{WEBHOOK_SECRET}"
+
+[products.{CAPPED}]
+platform = "http"
+ingest_token = "{INGEST_TOKEN}"
+post_link_debounce_s = 0.15
+post_link_max_wait_s = 1.0
+max_notes_per_minute = {{capped_per_minute}}
+
+[products.{CAPPED}.http]
+url = "{{url}}"
+signing_secret = "{HTTP_SECRET}"
+webhook_secret = "{WEBHOOK_SECRET}"
+
+[products.{HANGING}]
+platform = "http"
+ingest_token = "{INGEST_TOKEN}"
+post_link_debounce_s = 0.15
+post_link_max_wait_s = 1.0
+max_notes_in_flight = {{hang_in_flight}}
+
+[products.{HANGING}.http]
+url = "{{hang_url}}"
+signing_secret = "{HTTP_SECRET}"
+webhook_secret = "{WEBHOOK_SECRET}"
 """
 
 ACTION_STEP_S = 0.5  # between a session's actions: its sequence order is its time order
@@ -85,6 +119,20 @@ BOT_FAILURE_S = 15.0
 THROTTLED_POSTS = 5
 THROTTLE_RETRY_AFTER_S = 2
 REDIS_DOWN_S = 2.0  # about what a real Redis restart takes (a container, a failover)
+# The throttled product: a tenth as many sessions as the main one, spread the same way, with a
+# budget of two notes a second (burst 12). Unthrottled its traffic would post about 5 notes per
+# session (the flush and one per post-link batch), 3 a second; held back, a session needs 2
+# (the flush, then everything after it): about 1.3 a second, so the backlog stays short.
+CAPPED_SHARE = 10
+CAPPED_PER_MINUTE = 120
+# The hanging product: its platform holds every post HANG_DELAY_S (under the 15 s call
+# timeout, so each is answered) from HANG_FROM to HANG_UNTIL of the run, before the first
+# SIGKILL; a burst of sessions (a quarter as many as the main product's) starts meanwhile, more
+# notes than the worker's 64 slots, of which the product may take HANG_IN_FLIGHT.
+HANG_FROM, HANG_UNTIL = 0.05, 0.18
+HANG_DELAY_S = 8.0
+HANG_SHARE = 4
+HANG_IN_FLIGHT = 16
 # The cluster variant: 3 primaries with a replica each; a primary silent for the node timeout
 # is failed over to its replica (about node timeout + 1-2 s).
 CLUSTER_PRIMARIES = 3
@@ -219,6 +267,7 @@ class ServiceProcess:
         self.incarnation = 0
         self.url: str | None = None
         self.dropped_by_policy = 0.0  # scraped from /metrics before each process ends
+        self.throttled: Counter[str] = Counter()  # bridge_notes_throttled_total, by product
 
     def start(self) -> Bridge:
         self.incarnation += 1
@@ -260,6 +309,10 @@ class ServiceProcess:
                 for line in text.splitlines()
                 if line.startswith("bridge_actions_dropped_total{")
             )
+            for line in text.splitlines():
+                if line.startswith('bridge_notes_throttled_total{product="'):
+                    product = line.split('"')[1]
+                    self.throttled[product] += int(float(line.rsplit(" ", 1)[1]))
 
 
 # -- traffic --------------------------------------------------------------------------------
@@ -274,10 +327,15 @@ class SessionPlan:
     base_ts: float  # timestamp_start of its first action
     pre: list[list[str]] = field(default_factory=list)
     post: list[list[str]] = field(default_factory=list)
+    product: str = PRODUCT
 
     @property
     def session_id(self) -> str:
-        return f"chaos-{self.index:04d}"
+        return f"{PREFIXES[self.product][0]}-{self.index:04d}"
+
+    @property
+    def conversation_id(self) -> str:
+        return f"conv-{self.index:04d}" if self.product == PRODUCT else f"conv-{self.session_id}"
 
     def timestamp(self, description: str) -> float:
         return self.base_ts + ACTION_STEP_S * sequence(description)
@@ -287,16 +345,24 @@ def sequence(description: str) -> int:
     return int(description.rsplit("-a", 1)[1])
 
 
-def plan_sessions(rng: random.Random, *, sessions: int, window_s: float) -> list[SessionPlan]:
-    now = time.time()
+def plan_sessions(
+    rng: random.Random,
+    *,
+    sessions: int,
+    window_s: float,
+    product: str = PRODUCT,
+    from_s: float = 0.0,
+) -> list[SessionPlan]:
+    """``sessions`` of ``product``, starting at random in ``window_s`` from ``from_s``."""
+    now, letter = time.time(), PREFIXES[product][1]
     plans = []
     for index in range(sessions):
-        start_at = rng.uniform(0.0, window_s)
-        plan, seq = SessionPlan(index, start_at, now + start_at), 0
+        start_at = from_s + rng.uniform(0.0, window_s)
+        plan, seq = SessionPlan(index, start_at, now + start_at, product=product), 0
         for batches, count in ((plan.pre, rng.randint(2, 3)), (plan.post, rng.randint(3, 5))):
             for _ in range(count):
                 size = rng.randint(1, 3)
-                batches.append([f"c{index:04d}-a{seq + k:03d}" for k in range(size)])
+                batches.append([f"{letter}{index:04d}-a{seq + k:03d}" for k in range(size)])
                 seq += size
         plans.append(plan)
     return plans
@@ -307,6 +373,8 @@ class Ledger:
     """What the senders got: accepted actions and link answers (thread-safe)."""
 
     accepted: dict[str, SessionPlan] = field(default_factory=dict)
+    # When the 202 came (time.monotonic()), for post-link actions: their delivery latency.
+    accepted_at: dict[str, float] = field(default_factory=dict)
     pre_link: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     unaccepted: set[str] = field(default_factory=set)
     link_answers: Counter[str] = field(default_factory=Counter)
@@ -321,10 +389,13 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def batch(self, plan: SessionPlan, descriptions: list[str], *, pre: bool, ok: bool) -> None:
+        at = time.monotonic()
         with self.lock:
             for d in descriptions:
                 if ok:
                     self.accepted[d] = plan
+                    if not pre:
+                        self.accepted_at[d] = at
                 else:
                     self.unaccepted.add(d)
             if ok and pre:
@@ -369,22 +440,22 @@ class Sender:
         actions = [{"description": d, "timestamp_start": plan.timestamp(d)} for d in descriptions]
         body = {"session_id": plan.session_id, "actions": actions}
         headers = {"authorization": f"Bearer {INGEST_TOKEN}"}
-        r = self._send(
-            lambda url: self._http.post(f"{url}/actions/{PRODUCT}", json=body, headers=headers)
-        )
+        path = f"/actions/{plan.product}"
+        r = self._send(lambda url: self._http.post(f"{url}{path}", json=body, headers=headers))
         return r is not None and r.status_code == 202
 
     def link(self, plan: SessionPlan, trail: list[str]) -> str | None:
         body = {
             "event": "conversation.created",
-            "conversation_id": f"conv-{plan.index:04d}",
+            "conversation_id": plan.conversation_id,
             "session_id": plan.session_id,
         }
-        msg_id = f"msg_chaos_{plan.index}"  # one delivery, retried under the same id
+        msg_id = f"msg_{plan.session_id}"  # one delivery, retried under the same id
+        path = f"/chatbot-webhook/{plan.product}"
 
         def attempt(url: str) -> httpx.Response:
             raw, headers = signed_webhook(body, now=time.time(), msg_id=msg_id)
-            return self._http.post(f"{url}/chatbot-webhook/{PRODUCT}", content=raw, headers=headers)
+            return self._http.post(f"{url}{path}", content=raw, headers=headers)
 
         r = self._send(attempt, trail)
         return str(r.json()["status"]) if r is not None and r.status_code == 200 else None
@@ -527,8 +598,10 @@ class Chaos:
     start: float
     store: Store
     service: ServiceProcess
-    bot: FakeBot
+    bot: FakeBot  # the main and the throttled products' platform
+    hang_bot: FakeBot  # the hanging product's
     windows: list[FaultWindow] = field(default_factory=list)
+    hang: FaultWindow | None = None  # not a crash window: its posts are answered, late
     timeline: list[dict[str, Any]] = field(default_factory=list)
     failovers: list[dict[str, Any]] = field(default_factory=list)
 
@@ -551,6 +624,24 @@ class Chaos:
     def fail_bot(self, seed: int) -> None:
         self.bot.fail_randomly(0.5, status=503, until=time.monotonic() + BOT_FAILURE_S, seed=seed)
         self.note(f"bot fails 50% of note posts with 503 for {BOT_FAILURE_S:.0f} s")
+
+    def hang_platform(self, hang_s: float) -> None:
+        begun = time.monotonic()
+        self.hang_bot.delay(HANG_DELAY_S, until=begun + hang_s)
+        self.hang = FaultWindow("hang", begun, begun + hang_s)
+        held, lasts = f"{HANG_DELAY_S:.0f} s", f"{hang_s:.1f} s"
+        self.note(f"{HANGING}'s platform holds every post {held} for the next {lasts}")
+
+    def bot_for(self, product: str) -> FakeBot:
+        return self.hang_bot if product == HANGING else self.bot
+
+    def notes_of(self, product: str) -> list[Attempt]:
+        """The product's notes its platform accepted, in the order they were answered."""
+        return [n for n in self.bot_for(product).notes if n.payload.get("product_id") == product]
+
+    def attempts_of(self, product: str) -> list[Attempt]:
+        attempts = self.bot_for(product).attempts
+        return [a for a in attempts if a.payload.get("product_id") == product]
 
     def throttle_bot(self) -> None:
         self.bot.throttle(THROTTLED_POSTS, THROTTLE_RETRY_AFTER_S)
@@ -610,7 +701,7 @@ class Chaos:
     def progress(self, ledger: Ledger, total: int) -> None:
         with ledger.lock:
             done, accepted = ledger.sessions_done, len(ledger.accepted)
-        notes, due = len(self.bot.notes), due_count(self.store)
+        notes, due = len(self.bot.notes) + len(self.hang_bot.notes), due_count(self.store)
         status = f"{done}/{total} sessions done, {accepted} actions accepted, {notes} notes"
         log(self.start, f"{status}, {due} due")
 
@@ -629,6 +720,11 @@ def fault_schedule(
         (duration_s * 0.45, chaos.throttle_bot),
         (duration_s * 0.5, redis_fault(chaos, duration_s * 0.5, plans)),
     ]
+    hang_from, hang_until = duration_s * HANG_FROM, duration_s * HANG_UNTIL
+    events += [
+        (hang_from, lambda: chaos.hang_platform(hang_until - hang_from)),
+        (hang_until, lambda: chaos.note(f"{HANGING}'s platform answers at once again")),
+    ]
     return sorted(events, key=lambda e: e[0])
 
 
@@ -637,6 +733,7 @@ def redis_fault(chaos: Chaos, at_s: float, plans: list[SessionPlan]) -> Callable
     (the last one to start a second or more before the fault)."""
     if isinstance(chaos.store, RedisProcess):
         return chaos.restart_redis
+    plans = [p for p in plans if p.product == PRODUCT]
     started = [p for p in plans if p.start_at <= at_s - 1.0] or plans
     victim = max(started, key=lambda p: p.start_at).session_id
     session_ids = [p.session_id for p in plans]
@@ -674,10 +771,10 @@ def due_count(r: Store) -> int | None:
 def wait_for_drain(chaos: Chaos) -> bool:
     """Until the due queue is empty and the bot saw nothing new for a while."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    seen, quiet_since = len(chaos.bot.attempts), time.monotonic()
+    seen, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        count = len(chaos.bot.attempts)
+        count = len(chaos.bot.attempts) + len(chaos.hang_bot.attempts)
         if count != seen or due_count(chaos.store) != 0:
             seen, quiet_since = count, time.monotonic()
         elif time.monotonic() - quiet_since >= DRAIN_QUIET_S:
@@ -688,13 +785,18 @@ def wait_for_drain(chaos: Chaos) -> bool:
 # -- accounting -----------------------------------------------------------------------------
 
 
-def dead_lettered(r: Store) -> set[str]:
-    entries = r.client.zrange(keys.dead_letter_key(PRODUCT), 0, -1)
+def dead_lettered(r: Store, product: str) -> set[str]:
+    entries = r.client.zrange(keys.dead_letter_key(product), 0, -1)
     return {str(a["description"]) for e in entries for a in json.loads(e).get("actions", [])}
 
 
 def descriptions(note: Attempt) -> list[str]:
     return [str(a["description"]) for a in note.payload["actions"]]
+
+
+def accepted_at(note: Attempt) -> float:
+    """When the bot accepted the note (its answer; a held post is accepted late)."""
+    return note.answered_at if note.answered_at is not None else note.received_at
 
 
 def in_crash_window(first_at: float, again_at: float, windows: list[FaultWindow]) -> bool:
@@ -708,10 +810,10 @@ def repeats(groups: dict[str, list[Attempt]], windows: list[FaultWindow]) -> tup
     """Extra copies among the groups, and how many of them no crash window explains."""
     total = outside = 0
     for copies in groups.values():
-        first, *again = sorted(copies, key=lambda n: n.received_at)
+        first, *again = sorted(copies, key=accepted_at)
         total += len(again)
         outside += sum(
-            not in_crash_window(first.received_at, n.received_at, windows) for n in again
+            not in_crash_window(accepted_at(first), accepted_at(n), windows) for n in again
         )
     return total, outside
 
@@ -746,25 +848,65 @@ def changed_content(attempts: list[Attempt]) -> list[list[dict[str, Any]]]:
     ]
 
 
-def unlinked_sessions(chaos: Chaos, ledger: Ledger) -> list[str]:
-    """Sessions whose link webhook got a 200 but that hold no conversation in Redis."""
-    sessions = {plan.session_id for plan in ledger.accepted.values()}
+def unlinked_sessions(chaos: Chaos, ledger: Ledger, product: str) -> list[str]:
+    """The product's sessions whose link webhook got a 200 but that hold no conversation in
+    Redis."""
+    sessions = {plan.session_id for plan in ledger.accepted.values() if plan.product == product}
     return sorted(
         sid
         for sid in sessions
-        if not chaos.store.client.hexists(keys.session_keys(PRODUCT, sid).state, "conversation")
+        if not chaos.store.client.hexists(keys.session_keys(product, sid).state, "conversation")
     )
 
 
-def flush_first_violations(ledger: Ledger, notes: list[Attempt]) -> int:
-    """Sessions whose first note is not exactly their pre-link actions (the at-link flush)."""
+def flush_first_violations(ledger: Ledger, notes: list[Attempt], product: str) -> int:
+    """The product's sessions whose first note is not exactly their pre-link actions (the
+    at-link flush)."""
     first: dict[str, Attempt] = {}
     for note in sorted(notes, key=lambda n: n.received_at):
         first.setdefault(str(note.payload["session_id"]), note)
+    prefix = PREFIXES[product][0] + "-"
     return sum(
         sid not in first or set(descriptions(first[sid])) != actions
         for sid, actions in ledger.pre_link.items()
+        if sid.startswith(prefix)
     )
+
+
+def product_of(description: str) -> str:
+    """The product whose traffic carries this action description (by its first letter)."""
+    return next(p for p, (_, letter) in PREFIXES.items() if description.startswith(letter))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile of sorted ``values``."""
+    return values[max(0, min(len(values) - 1, math.ceil(q * len(values)) - 1))]
+
+
+def latency(
+    chaos: Chaos, ledger: Ledger, product: str, window: FaultWindow | None = None
+) -> dict[str, Any]:
+    """From a post-link batch's 202 to the first post of a note with its action at the
+    product's platform, for the actions accepted within ``window`` (all when None)."""
+    arrived: dict[str, float] = {}
+    for note in chaos.notes_of(product):
+        for d in descriptions(note):
+            arrived[d] = min(arrived.get(d, math.inf), note.received_at)
+    values = sorted(
+        arrived[d] - at
+        for d, at in ledger.accepted_at.items()
+        if ledger.accepted[d].product == product
+        and d in arrived
+        and (window is None or window.start <= at <= window.end)
+    )
+    if not values:
+        return {"actions": 0}
+    return {
+        "actions": len(values),
+        "p50_s": round(percentile(values, 0.5), 3),
+        "p99_s": round(percentile(values, 0.99), 3),
+        "max_s": round(values[-1], 3),
+    }
 
 
 REDIS_FAULTS = frozenset({"redis_restart", "primary_kill"})
@@ -797,44 +939,97 @@ def refusals(chaos: Chaos, ledger: Ledger) -> dict[str, Any]:
     }
 
 
-def account(chaos: Chaos, ledger: Ledger) -> dict[str, Any]:
-    notes = chaos.bot.notes
+def over_budget(chaos: Chaos, product: str, per_minute: int) -> dict[str, Any]:
+    """How far the product's posts (failed ones too: each costs the budget) ever went past its
+    budget's envelope: in any window of W seconds at most burst + W / interval posts."""
+    burst, interval_s = max(1, per_minute // 10), 60 / per_minute
+    times = sorted(a.received_at - chaos.start for a in chaos.attempts_of(product))
+    worst, window = float(-burst), (0.0, 0.0)
+    for i, j in itertools.combinations_with_replacement(range(len(times)), 2):
+        over = j - i + 1 - burst - (times[j] - times[i]) / interval_s
+        if over > worst:
+            worst, window = over, (times[i], times[j])
+    return {
+        "per_minute": per_minute,
+        "burst": burst,
+        "posts": len(times),
+        "most_posts_over_envelope": round(worst, 2) + 0.0,  # never "-0.0"
+        "worst_window_s": [round(t, 2) for t in window],
+    }
+
+
+def account_product(chaos: Chaos, ledger: Ledger, product: str) -> dict[str, Any]:
+    """One product's accounting: what was accepted, delivered, dead-lettered, lost, repeated."""
+    notes = chaos.notes_of(product)
     delivered = {d for note in notes for d in descriptions(note)}
-    accepted = set(ledger.accepted)
-    dead = dead_lettered(chaos.store) & accepted
+    accepted = {d for d, plan in ledger.accepted.items() if plan.product == product}
+    unaccepted = {d for d in ledger.unaccepted if product_of(d) == product}
+    dead = dead_lettered(chaos.store, product) & accepted
     missing = accepted - delivered - dead
-    unlinked = unlinked_sessions(chaos, ledger)
-    retried_changed = changed_content(chaos.bot.attempts)
+    unlinked = unlinked_sessions(chaos, ledger, product)
+    retried_changed = changed_content(chaos.attempts_of(product))
     return {
         "accepted": len(accepted),
         "delivered": len(accepted & delivered),
-        "dropped_by_policy": int(chaos.service.dropped_by_policy),
         "dead_lettered": len(dead),
         "lost": len(missing),
         **duplicates(notes, chaos.windows),
-        "flush_not_first": flush_first_violations(ledger, notes),
+        "flush_not_first": flush_first_violations(ledger, notes, product),
         "notes": len(notes),
-        "unaccepted_batches_actions": len(ledger.unaccepted),
-        "delivered_but_never_accepted": len(delivered & ledger.unaccepted),
-        "links": dict(ledger.link_answers),
-        "links_not_answered_linked": ledger.odd_links,
+        "throttled": chaos.service.throttled[product],
+        "budget": over_budget(chaos, product, CAPPED_PER_MINUTE) if product == CAPPED else {},
+        "unaccepted_batches_actions": len(unaccepted),
+        "delivered_but_never_accepted": len(delivered & unaccepted),
         "sessions_not_linked": unlinked,
         "lost_in_unlinked_sessions": sum(
             ledger.accepted[d].session_id in unlinked for d in missing
         ),
         "retries_with_changed_actions": len(retried_changed),
         "retries_with_changed_actions_sample": retried_changed[:3],
+        "latency": latency(chaos, ledger, product),
+        "latency_during_hang": latency(chaos, ledger, product, chaos.hang) if chaos.hang else {},
+        "lost_sample": sorted(missing)[:20],
+    }
+
+
+def account(chaos: Chaos, ledger: Ledger) -> dict[str, Any]:
+    """The main product's accounting at the top (the rows of the table), every product's
+    under ``products``, and what the senders and the platforms saw."""
+    products = {product: account_product(chaos, ledger, product) for product in PRODUCTS}
+    main = {k: v for k, v in products[PRODUCT].items() if not k.startswith("latency")}
+    return {
+        **main,
+        "dropped_by_policy": int(chaos.service.dropped_by_policy),
+        "lost_all_products": sum(r["lost"] for r in products.values()),
+        "products": products,
+        "links": dict(ledger.link_answers),
+        "links_not_answered_linked": ledger.odd_links,
         "requests": dict(ledger.requests),
         **refusals(chaos, ledger),
         "bot_answers": {str(k): v for k, v in sorted(chaos.bot.status_counts().items())},
-        "lost_sample": sorted(missing)[:20],
+        "hang_bot_answers": {str(k): v for k, v in sorted(chaos.hang_bot.status_counts().items())},
+        "hang": hang_summary(chaos),
+    }
+
+
+def hang_summary(chaos: Chaos) -> dict[str, Any]:
+    if chaos.hang is None:
+        return {}
+    return {
+        "from_s": round(chaos.hang.start - chaos.start, 1),
+        "until_s": round(chaos.hang.end - chaos.start, 1),
+        "post_held_s": HANG_DELAY_S,
+        "max_notes_in_flight": HANG_IN_FLIGHT,
+        "most_posts_held_at_once": chaos.hang_bot.max_concurrent,
+        "posts_abandoned_by_a_killed_sender": chaos.hang_bot.disconnected,
     }
 
 
 def explain_lost(chaos: Chaos, ledger: Ledger, lost: list[str]) -> None:
     """Where the first few lost actions' sessions stand in Redis, for a root-cause hunt."""
-    for sid in sorted({ledger.accepted[d].session_id for d in lost})[:5]:
-        k = keys.session_keys(PRODUCT, sid)
+    plans = {ledger.accepted[d].session_id: ledger.accepted[d] for d in lost}
+    for sid in sorted(plans)[:5]:
+        k = keys.session_keys(plans[sid].product, sid)
         state, pre, out = k.state, k.pre, k.out
         client = chaos.store.client
         due = client.zscore(k.due, k.member)
@@ -867,7 +1062,8 @@ def print_table(result: dict[str, Any]) -> None:
     print()
     for key, meaning in ROWS:
         print(f"  {key:<40} {result[key]:>7}   {meaning}")
-    print(f"  notes: {result['notes']}, bot answers: {result['bot_answers']}")
+    answers = result["bot_answers"]
+    print(f"  notes: {result['notes']}, bot answers (to {PRODUCT} and {CAPPED}): {answers}")
     print(f"  link answers: {result['links']}, requests: {result['requests']}")
     print(
         f"  senders saw {result['sender_503s']} 503s ({result['sender_503s_in_redis_faults']}"
@@ -897,6 +1093,63 @@ def print_table(result: dict[str, Any]) -> None:
         print("  WARNING: duplicates outside crash windows (at-least-once allows them only there)")
     if result["server_errors_not_503"] or result["refusals_without_retry_after"]:
         print("  WARNING: a 5xx other than 503, or a 5xx without Retry-After (see server_errors)")
+    print_products(result)
+
+
+def seconds(stats: dict[str, Any], key: str) -> str:
+    return f"{stats[key]:.2f}" if key in stats else "-"
+
+
+def print_products(result: dict[str, Any]) -> None:
+    """Every product's accounting in one table, the hang, and the latency while it lasted."""
+    print()
+    print(
+        f"  {'product':<14} {'accepted':>8} {'delivered':>9} {'dead':>5} {'lost':>5}"
+        f" {'dup outside':>11} {'notes':>6} {'throttled':>9}   post-link latency p50/p99/max"
+    )
+    for product, r in result["products"].items():
+        outside = (
+            r["duplicate_notes_outside_crash_windows"]
+            + r["duplicate_actions_outside_crash_windows"]
+        )
+        stats = r["latency"]
+        spread = "/".join(seconds(stats, k) for k in ("p50_s", "p99_s", "max_s"))
+        print(
+            f"  {product:<14} {r['accepted']:>8} {r['delivered']:>9} {r['dead_lettered']:>5}"
+            f" {r['lost']:>5} {outside:>11} {r['notes']:>6} {r['throttled']:>9}   {spread} s"
+        )
+    budget = result["products"][CAPPED]["budget"]
+    print(
+        f"  {CAPPED}'s budget: {budget['per_minute']} notes a minute, burst {budget['burst']};"
+        f" {budget['posts']} posts; the most in any window of w seconds, past burst + w /"
+        f" {60 / budget['per_minute']:g} s: {budget['most_posts_over_envelope']} (under 1: jitter),"
+        f" from {budget['worst_window_s'][0]:.1f} s to {budget['worst_window_s'][1]:.1f} s"
+    )
+    hang = result["hang"]
+    if not hang:
+        return
+    print(
+        f"  {HANGING}'s platform held every post {hang['post_held_s']:.0f} s from"
+        f" {hang['from_s']:.1f} s to {hang['until_s']:.1f} s: at most"
+        f" {hang['most_posts_held_at_once']} held at once (max_notes_in_flight"
+        f" {hang['max_notes_in_flight']}), {hang['posts_abandoned_by_a_killed_sender']} abandoned"
+        f" by a killed process; answers {result['hang_bot_answers']}"
+    )
+    during = []
+    for product, r in result["products"].items():
+        stats = r["latency_during_hang"]
+        if not stats.get("actions"):
+            during.append(f"{product}: no post-link actions accepted during the hang")
+            continue
+        during.append(
+            f"{product} p50 {seconds(stats, 'p50_s')} s, p99 {seconds(stats, 'p99_s')} s,"
+            f" max {seconds(stats, 'max_s')} s ({stats['actions']} actions)"
+        )
+    print("  post-link latency of the actions accepted during the hang:")
+    for line in during:
+        print(f"    {line}")
+    if any(r["lost"] for r in result["products"].values()):
+        print("  WARNING: a product lost actions (see products.<id>.lost_sample in the results)")
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -926,17 +1179,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def traffic_plans(args: argparse.Namespace) -> list[tuple[SessionPlan, random.Random]]:
+    """Every session to play, each with the generator of its pauses: the main product's
+    (``--sessions``, over the first 80 % of the run), the throttled product's (a tenth as
+    many, spread the same way) and the hanging product's (a quarter as many, starting from a
+    second before its platform hangs to 3 s before the hang ends, so their notes fall in it).
+    Each product draws from its own generator: the main traffic is the same as without them."""
+    window_s = args.duration * 0.8
+    rng = random.Random(args.seed)
+    plans = plan_sessions(rng, sessions=args.sessions, window_s=window_s)
+    jobs = [(plan, random.Random(rng.random())) for plan in plans]
+    capped_rng = random.Random(f"{args.seed}-{CAPPED}")
+    capped = plan_sessions(
+        capped_rng,
+        sessions=max(1, args.sessions // CAPPED_SHARE),
+        window_s=window_s,
+        product=CAPPED,
+    )
+    jobs += [(plan, random.Random(capped_rng.random())) for plan in capped]
+    hang_rng = random.Random(f"{args.seed}-{HANGING}")
+    hang_from = max(0.0, args.duration * HANG_FROM - 1.0)
+    hanging = plan_sessions(
+        hang_rng,
+        sessions=max(1, args.sessions // HANG_SHARE),
+        window_s=max(0.5, args.duration * HANG_UNTIL - 3.0 - hang_from),
+        product=HANGING,
+        from_s=hang_from,
+    )
+    jobs += [(plan, random.Random(hang_rng.random())) for plan in hanging]
+    return jobs
+
+
 def drive(chaos: Chaos, args: argparse.Namespace) -> Ledger:
     """Send the traffic while the faults happen; returns what the senders got."""
-    rng = random.Random(args.seed)
-    plans = plan_sessions(rng, sessions=args.sessions, window_s=args.duration * 0.8)
+    jobs = traffic_plans(args)
+    plans = [plan for plan, _ in jobs]
     ledger = Ledger()
     sender = Sender(chaos.service, ledger, chaos.start)
     scheduler = Scheduler(chaos.start)
-    for plan in plans:
-        scheduler.add(
-            plan.start_at, session_traffic(plan, sender, ledger, random.Random(rng.random()))
-        )
+    for plan, rng in jobs:
+        scheduler.add(plan.start_at, session_traffic(plan, sender, ledger, rng))
     threads = scheduler.run(args.workers)
     run_faults(
         chaos,
@@ -956,8 +1238,9 @@ def finish(chaos: Chaos, ledger: Ledger, args: argparse.Namespace, topology: str
     chaos.note("drained" if drained else f"NOT drained after {DRAIN_TIMEOUT_S:.0f} s")
     chaos.service.stop()
     result = account(chaos, ledger)
-    if result["lost"]:
-        explain_lost(chaos, ledger, result["lost_sample"])
+    for product in result["products"].values():
+        if product["lost"]:
+            explain_lost(chaos, ledger, product["lost_sample"])
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -977,15 +1260,22 @@ def run(args: argparse.Namespace, workdir: Path, topology: str) -> dict[str, Any
     env = CLUSTER_ENV if topology == "cluster" else {}
     store.start()
     try:
-        with running_bot(HTTP_SECRET) as bot:
+        with running_bot(HTTP_SECRET) as bot, running_bot(HTTP_SECRET) as hang_bot:
             products_file = workdir / "products.toml"
-            products_file.write_text(PRODUCTS_TOML.format(url=bot.url))
+            products_file.write_text(
+                PRODUCTS_TOML.format(
+                    url=bot.url,
+                    hang_url=hang_bot.url,
+                    capped_per_minute=CAPPED_PER_MINUTE,
+                    hang_in_flight=HANG_IN_FLIGHT,
+                )
+            )
             service = ServiceProcess(
                 redis_url=store.url, products_file=products_file, log_dir=workdir, env=env
             )
             service.start()
-            chaos = Chaos(time.monotonic(), store, service, bot)
-            chaos.note(f"{store.describe()}, bot {bot.url}")
+            chaos = Chaos(time.monotonic(), store, service, bot, hang_bot)
+            chaos.note(f"{store.describe()}, bot {bot.url}, {HANGING}'s bot {hang_bot.url}")
             settings = "".join(f" {k}={v}" for k, v in env.items())
             chaos.note(f"service #1 at {service.url}{settings}; traffic starts")
             try:
@@ -998,7 +1288,7 @@ def run(args: argparse.Namespace, workdir: Path, topology: str) -> dict[str, Any
 
 
 def run_topology(args: argparse.Namespace, topology: str) -> bool:
-    """One variant, its table and its results file; True when nothing was lost."""
+    """One variant, its tables and its results file; True when no product lost anything."""
     print(f"=== chaos on {topology} Redis ===", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{topology}-"))
     result = run(args, workdir, topology)
@@ -1006,7 +1296,7 @@ def run_topology(args: argparse.Namespace, topology: str) -> bool:
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
-    ok = result["lost"] == 0 and result["drained"]
+    ok = result["lost_all_products"] == 0 and result["drained"]
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

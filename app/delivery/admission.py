@@ -1,9 +1,10 @@
 """Which due sessions a worker may start now: per-product capacity and circuit breakers.
 
-Pure bookkeeping, no I/O. The worker asks ``plan`` what to do with the due members it read:
-start them, leave them due (their product is at its ``max_notes_in_flight`` in this process),
-or hold them back until a time (their product's circuit is open). The shared note budget
-(``max_notes_per_minute``) is the store's; the worker applies it to what ``plan`` starts.
+Bookkeeping only: no I/O but a log line when a circuit opens or closes. The worker asks
+``plan`` what to do with the due members it read: start them, leave them due (their product is
+at its ``max_notes_in_flight`` in this process), or hold them back until a time (their
+product's circuit is open). The shared note budget (``max_notes_per_minute``) is the store's;
+the worker applies it to what ``plan`` starts.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import structlog
+
 from app import metrics
 from app.products import ProductConfig
 from app.store import keys
+
+log = structlog.get_logger(__name__)
 
 # Consecutive retryable failures after which a product's deliveries pause.
 FAILURES_TO_OPEN = 5
@@ -117,11 +122,19 @@ class Admission:
         if self.in_flight[product_id] <= 0:
             del self.in_flight[product_id]
         circuit = self.circuit(product_id)
+        was_open = circuit.open_until is not None
         if outcome != "retryable":
             circuit.failures, circuit.open_until = 0, None
+            if was_open:
+                log.info("circuit_closed", product_id=product_id)
         else:
             circuit.failures += 1
-            probing = circuit.open_until is not None
-            if (probing or circuit.failures >= FAILURES_TO_OPEN) and retry_at is not None:
+            if (was_open or circuit.failures >= FAILURES_TO_OPEN) and retry_at is not None:
                 circuit.open_until = retry_at
+                log.warning(
+                    "circuit_opened",
+                    product_id=product_id,
+                    consecutive_failures=circuit.failures,
+                    open_until=retry_at,
+                )
         metrics.CIRCUIT_OPEN.labels(product_id).set(0 if circuit.open_until is None else 1)

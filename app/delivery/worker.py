@@ -247,8 +247,12 @@ class DeliveryWorker:
         """Read the due queues, start what each product may start now (its in-flight cap, its
         circuit, its shared note budget), hold back what it may not, and claim the rest."""
         known = list(self._shard_due)
+        due = await self._store.due_sessions(
+            now=self._clock.now(), limit=limit + LOOKAHEAD, shards=shards
+        )
+        # The time after the read: notes granted now start now, however long the read took
+        # (an older time would let the next round's budget see room these notes used).
         now = self._clock.now()
-        due = await self._store.due_sessions(now=now, limit=limit + LOOKAHEAD, shards=shards)
         plan = self.admission.plan(due.members, capacity=limit, now=now)
         start, hold = list(plan.start), list(plan.hold)
         grants = await self._apply_budgets(start, hold, now)

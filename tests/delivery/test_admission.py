@@ -117,6 +117,45 @@ def posted(platform: Recording) -> set[str]:
     return {note.session_id for note in platform.notes}
 
 
+class SlowFirstRead(RedisStore):
+    """The real store, whose first read of the due queues answers a second later."""
+
+    clock: ManualClock
+    slow = True
+
+    async def due_sessions(self, **kwargs: Any) -> Any:
+        found = await super().due_sessions(**kwargs)
+        if self.slow:
+            self.slow = False
+            self.clock.advance(1.0)
+        return found
+
+
+async def test_a_slow_read_of_the_due_queues_never_stretches_the_budget(
+    redis_client: Any, clock: ManualClock
+) -> None:
+    """Found by the limits end-to-end test: notes granted with the time read before a slow
+    due-queue read started a second later, and the next round, with the real time, was
+    granted the room they had used: 14 notes started at once against a burst of 12."""
+    store = SlowFirstRead(redis_client)
+    await store.load_scripts()
+    store.clock = clock
+    clock.t = T0
+    product = make_product("budget", max_notes_per_minute=120)  # burst 12, then 1 per 0.5 s
+    await flush_due(store, product, *[f"s{i}" for i in range(30)], at=T0)
+    started: list[float] = []
+
+    class Timed(Recording):
+        async def post_note(self, note: Note) -> str:
+            started.append(clock.now())
+            return await super().post_note(note)
+
+    worker = worker_for(store, clock, {"budget": Timed()}, {"budget": product})
+    await worker.run_once()  # the read answers at T0 + 1
+    await worker.run_once()
+    assert started.count(T0 + 1) <= 12
+
+
 async def test_a_held_session_keeps_collecting_actions_for_its_next_note(
     store: RedisStore, clock: ManualClock
 ) -> None:

@@ -2,11 +2,14 @@
 
 It verifies the Standard Webhooks signature of every note, records what it accepted, and can be
 told to fail the next few posts, to fail a share of posts at random for a while, or to throttle
-(429 with ``Retry-After``) so tests and the chaos run can simulate an outage.
+(429 with ``Retry-After``) so tests and the chaos run can simulate an outage. It can also hold
+every answer back for a while (``delay_s``, or ``delay()`` for a period), to play a platform
+that hangs, and it counts how many posts it holds at once (``max_concurrent``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
@@ -26,6 +29,7 @@ from app.security import SignatureError, decode_whsec, verify_standard_webhook
 from tests.fakes.server import serve_in_thread
 
 POLL_S = 0.02
+HOLD_POLL_S = 0.05  # how often a held post checks that its sender still waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,14 @@ class Attempt:
     payload: dict[str, Any]
     status: int
     received_at: float  # time.monotonic()
+    # When the answer was decided and sent (time.monotonic()): received_at plus any delay.
+    answered_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Delay:
+    seconds: float
+    until: float | None  # time.monotonic(); None: for good
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +61,16 @@ class _RandomFailures:
 class FakeBot:
     """The bot's state; the ASGI app in ``self.app`` serves ``POST /notes``."""
 
-    def __init__(self, signing_secret: str) -> None:
+    def __init__(self, signing_secret: str, *, delay_s: float = 0.0) -> None:
         self._key = decode_whsec(signing_secret)
         self._lock = threading.Lock()
         self._attempts: list[Attempt] = []
         self._failures: list[int] = []
         self._throttled: list[int] = []  # Retry-After seconds of the next 429 answers
         self._random: _RandomFailures | None = None
+        self._delay = _Delay(delay_s, None) if delay_s > 0 else None
+        self._concurrent = 0
+        self.max_concurrent = 0  # the most signed posts held at once (see delay())
         self._answered: Counter[int] = Counter()
         self._accepted = 0
         self.rejected = 0
@@ -65,7 +80,8 @@ class FakeBot:
 
     @property
     def attempts(self) -> list[Attempt]:
-        """Every signed post, failed ones included, in arrival order."""
+        """Every signed post, failed ones included, in the order they were answered (arrival
+        order, unless answers are delayed)."""
         with self._lock:
             return list(self._attempts)
 
@@ -89,6 +105,14 @@ class FakeBot:
         """Answer the next ``n`` posts with 429 and ``Retry-After: retry_after_s``."""
         with self._lock:
             self._throttled.extend([retry_after_s] * n)
+
+    def delay(self, seconds: float, *, until: float | None = None) -> None:
+        """Hold every signed post ``seconds`` before answering it (until ``until``,
+        ``time.monotonic()``, or for good when None). The answer is decided when it is sent;
+        a post whose sender went away meanwhile is not recorded (counted in
+        ``disconnected``). ``seconds = 0`` stops delaying."""
+        with self._lock:
+            self._delay = _Delay(seconds, until) if seconds > 0 else None
 
     def status_counts(self) -> dict[int, int]:
         """How many signed posts got each status so far."""
@@ -119,13 +143,39 @@ class FakeBot:
             with self._lock:
                 self.rejected += 1
             return JSONResponse({"error": str(exc)}, status_code=401)
-        return self._record(webhook_id, json.loads(body))
+        received_at = time.monotonic()
+        with self._lock:
+            delay, hold_until = self._delay, None
+            if delay is not None and (delay.until is None or received_at < delay.until):
+                hold_until = received_at + delay.seconds
+            self._concurrent += 1
+            self.max_concurrent = max(self.max_concurrent, self._concurrent)
+        try:
+            if hold_until is not None and not await self._hold(request, hold_until):
+                with self._lock:
+                    self.disconnected += 1
+                return Response(status_code=400)  # nobody is listening any more
+            return self._record(webhook_id, json.loads(body), received_at)
+        finally:
+            with self._lock:
+                self._concurrent -= 1
 
-    def _record(self, webhook_id: str, payload: dict[str, Any]) -> JSONResponse:
+    @staticmethod
+    async def _hold(request: Request, until: float) -> bool:
+        """Wait until ``until`` (``time.monotonic()``); False as soon as the sender is gone, so
+        a post counts as held (``max_concurrent``) only while someone waits for it."""
+        while (remaining := until - time.monotonic()) > 0:
+            await asyncio.sleep(min(HOLD_POLL_S, remaining))
+            if await request.is_disconnected():
+                return False
+        return True
+
+    def _record(self, webhook_id: str, payload: dict[str, Any], received_at: float) -> JSONResponse:
         with self._lock:
             status, headers = self._next_answer()
             self._answered[status] += 1
-            self._attempts.append(Attempt(webhook_id, payload, status, time.monotonic()))
+            attempt = Attempt(webhook_id, payload, status, received_at, time.monotonic())
+            self._attempts.append(attempt)
             if status != 200:
                 return JSONResponse(
                     {"error": "simulated outage"}, status_code=status, headers=headers
@@ -147,9 +197,10 @@ class FakeBot:
 
 
 @contextmanager
-def running_bot(signing_secret: str) -> Iterator[FakeBot]:
-    """Serve a FakeBot on a loopback port for the duration of the block."""
-    bot = FakeBot(signing_secret)
+def running_bot(signing_secret: str, *, delay_s: float = 0.0) -> Iterator[FakeBot]:
+    """Serve a FakeBot on a loopback port for the duration of the block (every answer held
+    ``delay_s`` seconds)."""
+    bot = FakeBot(signing_secret, delay_s=delay_s)
     with serve_in_thread(bot.app, name="bot") as base_url:
         bot.url = base_url + "/notes"
         yield bot
