@@ -21,7 +21,7 @@ import pydantic_core
 from app import metrics
 from app.clock import Clock
 from app.domain import Note, WebhookEvent
-from app.products import ProductConfig
+from app.products import PlatformSettings, ProductConfig
 
 # Total time allowed for one outbound call (httpx's own timeouts are per operation).
 CALL_TIMEOUT_S = 15.0
@@ -118,6 +118,12 @@ class Platform(ABC):
     """One product's adapter for its chat platform."""
 
     name: ClassVar[str]
+    # The plug-in contract (app/plugins.py): the model of the product's platform section,
+    # the notes a minute a product gets without max_notes_per_minute (0: no limit), and
+    # whether a product may turn webhook and ingest authentication off (demos only).
+    config_model: ClassVar[type[PlatformSettings]]
+    default_notes_per_minute: ClassVar[int] = 0
+    allows_unauthenticated: ClassVar[bool] = False
 
     def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
         self.product = product

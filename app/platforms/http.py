@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
 
 from app.clock import Clock
 from app.domain import LinkEvent, Note, WebhookEvent
@@ -19,7 +19,7 @@ from app.platforms.base import (
     WebhookRejected,
     load_json_object,
 )
-from app.products import HttpConfig, ProductConfig
+from app.products import PlatformSettings, ProductConfig, http_url, whsec_value
 from app.security import (
     SignatureError,
     decode_whsec,
@@ -141,18 +141,29 @@ def note_payload(note: Note) -> dict[str, Any]:
     }
 
 
+class HttpConfig(PlatformSettings):
+    """``[products.<id>.http]``."""
+
+    url: str
+    redact_url: str | None = None
+    signing_secret: str
+    webhook_secret: str
+
+    _secrets = field_validator("signing_secret", "webhook_secret")(whsec_value)
+    _urls = field_validator("url", "redact_url")(http_url)
+
+
 class HttpPlatform(Platform):
     """Talks to a self-hosted bot over signed JSON webhooks."""
 
     name = "http"
+    config_model = HttpConfig
 
     def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
         super().__init__(product, client, clock)
-        if product.http is None:
-            raise ValueError(f"product {product.id!r} has no [http] section")
-        self.config: HttpConfig = product.http
-        self._webhook_key = decode_whsec(product.http.webhook_secret)
-        self._signing_key = decode_whsec(product.http.signing_secret)
+        self.config = product.settings_of(HttpConfig)
+        self._webhook_key = decode_whsec(self.config.webhook_secret)
+        self._signing_key = decode_whsec(self.config.signing_secret)
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         verify_webhook(headers, body, key=self._webhook_key, now=self.clock.now())

@@ -39,11 +39,18 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.clock import Clock
 from app.domain import LinkEvent, Note, WebhookEvent
@@ -58,7 +65,7 @@ from app.platforms.base import (
     WebhookRejected,
     load_json_object,
 )
-from app.products import ProductConfig, ZendeskConfig
+from app.products import PlatformSettings, ProductConfig, http_url, not_blank, secret_value
 from app.security import MAX_SIGNATURE_HEADER_CHARS, equals
 
 SIGNATURE_HEADER = "x-zendesk-webhook-signature"
@@ -326,16 +333,44 @@ def comment_id(response: httpx.Response) -> str | None:
     return None
 
 
+class ZendeskConfig(PlatformSettings):
+    """``[products.<id>.zendesk]``."""
+
+    subdomain: str | None = None
+    email: str | None = None
+    api_token: str | None = None
+    oauth_token: str | None = None
+    webhook_secret: str
+    api_base: str | None = None
+
+    _non_empty = field_validator("email")(not_blank)
+    _secrets = field_validator("api_token", "oauth_token", "webhook_secret")(secret_value)
+    _urls = field_validator("api_base")(http_url)
+
+    @model_validator(mode="after")
+    def _check_auth_and_base(self) -> Self:
+        if self.api_base is None and not self.subdomain:
+            raise ValueError("set subdomain or api_base")
+        if self.oauth_token is None and not (self.email and self.api_token):
+            raise ValueError("set email and api_token, or oauth_token")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self.api_base or f"https://{self.subdomain}.zendesk.com"
+
+
 class ZendeskPlatform(Platform):
     """Links tickets from signed Zendesk webhooks and posts notes as private comments."""
 
     name = "zendesk"
+    config_model = ZendeskConfig
+    # Zendesk allows 200 (Team) to 700 (Enterprise) requests a minute per account.
+    default_notes_per_minute = 100
 
     def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
         super().__init__(product, client, clock)
-        if product.zendesk is None:
-            raise ValueError(f"product {product.id!r} has no [zendesk] section")
-        self.config: ZendeskConfig = product.zendesk
+        self.config = product.settings_of(ZendeskConfig)
         self.base_url = self.config.base_url.rstrip("/")
         self.lookup_timeout_s = LOOKUP_TIMEOUT_S
         self.requesters: ExpiringCache[str, Requester] = ExpiringCache(
