@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
@@ -17,6 +18,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import httpx
 import pydantic_core
+from pydantic import BaseModel, ValidationError
 
 from app import metrics
 from app.clock import Clock
@@ -65,6 +67,38 @@ class PermanentDeliveryError(DeliveryError):
 
 class ConversationNotFound(PermanentDeliveryError):
     """The conversation no longer exists (404): the session must be unlinked."""
+
+
+# A delivery id from a body or header is kept as is up to this length.
+MAX_DELIVERY_ID_CHARS = 256
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def body_id(data: Mapping[str, Any], key: str = "id") -> str | None:
+    """``data[key]`` as a delivery id: a non-empty string of at most 256 characters."""
+    value = data.get(key)
+    if isinstance(value, str) and 0 < len(value) <= MAX_DELIVERY_ID_CHARS:
+        return value
+    return None
+
+
+def body_digest_id(body: bytes) -> str:
+    """A delivery id for a body that carries none: the same body is the same delivery."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """pydantic's errors as one line: ``field.path: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+
+
+def validated(model: type[_Model], data: Any, *, what: str = "webhook body") -> _Model:
+    """``data`` as ``model``; raises InvalidWebhook naming every problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidWebhook(f"invalid {what}: {validation_problems(exc)}") from exc
 
 
 def load_json_object(body: bytes) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from app.platforms.base import (
     Platform,
     RetryableDeliveryError,
     WebhookRejected,
+    body_digest_id,
+    body_id,
     load_json_object,
     retry_after_seconds,
 )
@@ -73,8 +74,7 @@ def _identifier(value: Any, *, max_chars: int = MAX_IDENTITY_CHARS) -> str | Non
 
 
 def _delivery_id(envelope: Mapping[str, Any], body: bytes) -> str:
-    notification_id = _text(envelope.get("id"), max_chars=MAX_ID_CHARS)
-    return notification_id or "sha256:" + hashlib.sha256(body).hexdigest()
+    return body_id(envelope) or body_digest_id(body)
 
 
 def _ignored(topic: str, delivery_id: str) -> WebhookEvent:

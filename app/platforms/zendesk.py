@@ -39,7 +39,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -47,7 +47,6 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -63,7 +62,9 @@ from app.platforms.base import (
     Platform,
     RetryableDeliveryError,
     WebhookRejected,
+    body_id,
     load_json_object,
+    validated,
 )
 from app.products import PlatformSettings, ProductConfig, http_url, not_blank, secret_value
 from app.security import MAX_SIGNATURE_HEADER_CHARS, equals
@@ -72,7 +73,6 @@ SIGNATURE_HEADER = "x-zendesk-webhook-signature"
 TIMESTAMP_HEADER = "x-zendesk-webhook-signature-timestamp"
 REPLAY_WINDOW_S = 300.0
 MAX_TIMESTAMP_CHARS = 64
-MAX_DELIVERY_ID_CHARS = 256
 MAX_FIELD_CHARS = 512
 
 EVENT_TYPE_PREFIX = "zen:event-type:"
@@ -92,8 +92,6 @@ REQUESTER_CACHE_TTL_S = 600.0
 LOOKUP_TIMEOUT_S = 5.0
 
 _EVENT_NAME_PREVIEW_CHARS = 64
-
-_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def zendesk_signature(secret: str, *, timestamp: str, body: bytes) -> str:
@@ -216,14 +214,6 @@ class TriggerBody(_Lenient):
     session_id: RenderedSessionId = None
 
 
-def _validated(model: type[_Model], data: Mapping[str, Any]) -> _Model:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = (f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise InvalidWebhook("invalid Zendesk webhook body: " + "; ".join(problems)) from exc
-
-
 def signed_delivery_id(headers: Mapping[str, str], body: bytes) -> str:
     """A delivery id only the signer can make: the digest of the signed timestamp and body.
 
@@ -232,13 +222,6 @@ def signed_delivery_id(headers: Mapping[str, str], body: bytes) -> str:
     """
     signed = headers.get(TIMESTAMP_HEADER, "").encode() + b"\x1f" + body
     return "sig:" + hashlib.sha256(signed).hexdigest()
-
-
-def _body_id(data: Mapping[str, Any]) -> str | None:
-    value = data.get("id")
-    if isinstance(value, str) and 0 < len(value) <= MAX_DELIVERY_ID_CHARS:
-        return value
-    return None
 
 
 def _ignored(delivery_id: str | None, reason: str, ticket_id: str | None = None) -> WebhookEvent:
@@ -267,7 +250,7 @@ def parse_trigger(data: Mapping[str, Any], delivery_id: str | None) -> WebhookEv
     link_event = TRIGGER_EVENTS.get(name)
     if link_event is None:
         return _ignored(delivery_id, _not_eligible(name))
-    trigger = _validated(TriggerBody, data)
+    trigger = validated(TriggerBody, data, what="Zendesk webhook body")
     return WebhookEvent(
         delivery_id=delivery_id,
         event=link_event,
@@ -390,7 +373,7 @@ class ZendeskPlatform(Platform):
         kind = data.get("type")
         if isinstance(kind, str) and kind.startswith(EVENT_TYPE_PREFIX):
             # An event's own id is signed too, and stays the same when Zendesk re-signs a retry.
-            return await self._parse_subscription(kind, data, _body_id(data) or delivery_id)
+            return await self._parse_subscription(kind, data, body_id(data) or delivery_id)
         if "event" in data:
             return parse_trigger(data, delivery_id)
         raise InvalidWebhook(
@@ -412,7 +395,7 @@ class ZendeskPlatform(Platform):
         link_event = SUBSCRIPTION_EVENTS.get(kind)
         if link_event is None:
             return _ignored(delivery_id, _not_eligible(kind))
-        event = _validated(TicketEvent, data)
+        event = validated(TicketEvent, data, what="Zendesk webhook body")
         ticket_id = event.detail.id
         if link_event is LinkEvent.REPLY_EXISTING and not _comment_by_requester(event):
             return _ignored(delivery_id, "the comment is not the requester's", ticket_id)
