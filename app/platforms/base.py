@@ -101,6 +101,14 @@ def validated(model: type[_Model], data: Any, *, what: str = "webhook body") -> 
         raise InvalidWebhook(f"invalid {what}: {validation_problems(exc)}") from exc
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """Whether a Content-Type header names JSON: ``application/json`` or ``application/*+json``."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 def load_json_object(body: bytes) -> dict[str, Any]:
     """A webhook body as a JSON object; raises InvalidWebhook.
 
@@ -158,6 +166,8 @@ class Platform(ABC):
     config_model: ClassVar[type[PlatformSettings]]
     default_notes_per_minute: ClassVar[int] = 0
     allows_unauthenticated: ClassVar[bool] = False
+    # What the 415 for a webhook body accepts_webhook refuses asks for.
+    webhook_media_type: ClassVar[str] = "application/json"
 
     def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
         self.product = product
@@ -192,6 +202,12 @@ class Platform(ABC):
         (Intercom: the contact's PostHog replay URL); None when it has none. May raise a
         DeliveryError."""
         return None
+
+    def accepts_webhook(self, content_type: str) -> bool:
+        """Whether a webhook body of this Content-Type is read at all (else ``415``). JSON by
+        default; an adapter whose platform posts forms or XML widens it, and parses the raw
+        bytes itself in ``parse``."""
+        return is_json_media_type(content_type)
 
     def rate_limited(self) -> bool:
         """Whether the platform's last 429 still asks us to wait."""
