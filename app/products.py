@@ -9,22 +9,26 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
+from app import plugins
 from app.domain import NoteBudget
 from app.security import decode_whsec
 
 # \Z, not $: "$" would also accept a trailing newline.
 PRODUCT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
-PlatformName = Literal["intercom", "zendesk", "http", "console"]
-# Outbound notes per minute when a product sets no max_notes_per_minute: well inside each
-# platform's API limit (Intercom: 10 000 calls a minute per app, shared with the workspace's
-# other integrations; Zendesk: 200 to 700 a minute by plan). Self-hosted bots: no limit.
-DEFAULT_NOTES_PER_MINUTE: Mapping[str, int] = {"intercom": 1000, "zendesk": 100}
 
 # Keys whose values are masked wherever a product is shown.
 SECRET_KEYS = frozenset(
@@ -42,6 +46,8 @@ SECRET_KEYS = frozenset(
     }
 )
 MIN_SECRET_CHARS = 16
+# The error type of a product whose platform section is missing (or unusable).
+MISSING_SECTION = "missing_platform_section"
 
 
 class ProductsFileError(Exception):
@@ -61,13 +67,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _not_blank(value: str | None) -> str | None:
+def not_blank(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise ValueError("must not be empty")
     return value
 
 
-def _secret(value: str | None) -> str | None:
+def secret_value(value: str | None) -> str | None:
     if value is None:
         return None
     if not value.strip():
@@ -77,73 +83,33 @@ def _secret(value: str | None) -> str | None:
     return value
 
 
-def _http_url(value: str | None) -> str | None:
+def http_url(value: str | None) -> str | None:
     if value is not None and not value.startswith(("https://", "http://")):
         raise ValueError("must be an http:// or https:// URL")
     return value
 
 
-def _whsec(value: str) -> str:
+def whsec_value(value: str) -> str:
     decode_whsec(value)
     return value
 
 
-def _optional_whsec(value: str | None) -> str | None:
-    return None if value is None else _whsec(value)
+def optional_whsec(value: str | None) -> str | None:
+    return None if value is None else whsec_value(value)
 
 
-class IntercomConfig(_Strict):
-    access_token: str
-    admin_id: str
-    client_secret: str
-    api_base: str = "https://api.intercom.io"
-    api_version: str = "2.14"
-    body_format: Literal["html", "text"] = "html"
-
-    _non_empty = field_validator("admin_id")(_not_blank)
-    _secrets = field_validator("access_token", "client_secret")(_secret)
-    _urls = field_validator("api_base")(_http_url)
-
-
-class ZendeskConfig(_Strict):
-    subdomain: str | None = None
-    email: str | None = None
-    api_token: str | None = None
-    oauth_token: str | None = None
-    webhook_secret: str
-    api_base: str | None = None
-
-    _non_empty = field_validator("email")(_not_blank)
-    _secrets = field_validator("api_token", "oauth_token", "webhook_secret")(_secret)
-    _urls = field_validator("api_base")(_http_url)
-
-    @model_validator(mode="after")
-    def _check_auth_and_base(self) -> Self:
-        if self.api_base is None and not self.subdomain:
-            raise ValueError("set subdomain or api_base")
-        if self.oauth_token is None and not (self.email and self.api_token):
-            raise ValueError("set email and api_token, or oauth_token")
-        return self
+class PlatformSettings(_Strict):
+    """A platform adapter's section of a product (``[products.<id>.<platform>]``): each
+    adapter declares its own subclass as its ``config_model``."""
 
     @property
-    def base_url(self) -> str:
-        return self.api_base or f"https://{self.subdomain}.zendesk.com"
+    def inbound_secret(self) -> str | None:
+        """The secret that verifies the platform's webhooks (``webhook_secret`` by default)."""
+        value = getattr(self, "webhook_secret", None)
+        return value if isinstance(value, str) else None
 
 
-class HttpConfig(_Strict):
-    url: str
-    redact_url: str | None = None
-    signing_secret: str
-    webhook_secret: str
-
-    _secrets = field_validator("signing_secret", "webhook_secret")(_whsec)
-    _urls = field_validator("url", "redact_url")(_http_url)
-
-
-class ConsoleConfig(_Strict):
-    webhook_secret: str | None = None
-
-    _secrets = field_validator("webhook_secret")(_optional_whsec)
+_Settings = TypeVar("_Settings", bound=PlatformSettings)
 
 
 # The PostHog events kept by default: what a user did in the UI, not custom or internal events.
@@ -184,11 +150,11 @@ class PosthogConfig(_Strict):
     replay_links: bool = False
     project_url: str | None = None
 
-    _whsec = field_validator("webhook_secret")(_optional_whsec)
-    _secrets = field_validator("header_secret")(_secret)
+    _whsec = field_validator("webhook_secret")(optional_whsec)
+    _secrets = field_validator("header_secret")(secret_value)
     _names = field_validator("header_name")(_header_name)
     _events = field_validator("events")(_event_names)
-    _urls = field_validator("project_url")(_http_url)
+    _urls = field_validator("project_url")(http_url)
 
     @model_validator(mode="after")
     def _check_verification(self) -> Self:
@@ -212,7 +178,8 @@ class ProductConfig(_Strict):
     """One tenant: its credentials, delivery timings and platform."""
 
     id: str
-    platform: PlatformName
+    # A registered platform adapter's name (app.plugins); its section becomes ``settings``.
+    platform: str
     ingest_token: str | None = None
     ingest_secret: str | None = None
     # Standard Webhooks on ingest (whsec_...): signed, timestamped, replay-proof by message id.
@@ -231,30 +198,65 @@ class ProductConfig(_Strict):
     # limit), and concurrent outbound calls per process.
     max_notes_per_minute: int | None = Field(default=None, ge=0)
     max_notes_in_flight: int = Field(default=16, ge=1)
-    intercom: IntercomConfig | None = None
-    zendesk: ZendeskConfig | None = None
-    http: HttpConfig | None = None
-    console: ConsoleConfig | None = None
+    # The platform's section, validated by its adapter's config_model.
+    settings: SerializeAsAny[PlatformSettings] | None = None
     posthog: PosthogConfig | None = None
 
-    _secrets = field_validator("ingest_token", "ingest_secret")(_secret)
-    _ingest_whsec = field_validator("ingest_webhook_secret")(_optional_whsec)
+    _secrets = field_validator("ingest_token", "ingest_secret")(secret_value)
+    _ingest_whsec = field_validator("ingest_webhook_secret")(optional_whsec)
+
+    @field_validator("platform")
+    @classmethod
+    def _registered(cls, platform: str) -> str:
+        _adapter(platform)
+        return platform
+
+    @model_validator(mode="before")
+    @classmethod
+    def _platform_section(cls, data: Any) -> Any:
+        """Move the platform's section (``[products.<id>.<platform>]``) into ``settings``,
+        validated by the adapter's own model."""
+        if not isinstance(data, dict) or not isinstance(data.get("platform"), str):
+            return data
+        platform = data["platform"]
+        if platform not in plugins.platform_names():
+            return data  # the platform field's own check names it
+        adapter = _adapter(platform)
+        data = dict(data)
+        for name in plugins.platform_names():
+            if name != platform and name in data:
+                raise ValueError(f"has a [{name}] section but platform is {platform!r}")
+        section = data.pop(platform, None)
+        if section is not None and not isinstance(section, PlatformSettings):
+            try:
+                section = adapter.config_model.model_validate(section)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, (platform, *e['loc'])))}: {e['msg']}" for e in exc.errors()
+                )
+                raise ValueError(problems) from None
+        if section is not None:
+            data["settings"] = section
+        return data
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
         if self.post_link_max_wait_s < self.post_link_debounce_s:
             raise ValueError("post_link_max_wait_s must be >= post_link_debounce_s")
-        for name in ("intercom", "zendesk", "http", "console"):
-            if name != self.platform and getattr(self, name) is not None:
-                raise ValueError(f"has a [{name}] section but platform is {self.platform!r}")
         if self.allow_unauthenticated:
-            if self.platform != "console":
-                raise ValueError("allow_unauthenticated is only allowed with platform = 'console'")
+            if not _adapter(self.platform).allows_unauthenticated:
+                raise ValueError(
+                    f"allow_unauthenticated is not allowed with platform = {self.platform!r}"
+                )
             return self
         if not (self.ingest_token or self.ingest_secret or self.ingest_webhook_secret):
             raise ValueError("needs ingest_token, ingest_secret or ingest_webhook_secret")
         if self.webhook_secret is None:
-            raise ValueError(f"needs its platform's webhook secret ([{self.platform}] section)")
+            raise PydanticCustomError(
+                MISSING_SECTION,
+                "needs its platform's webhook secret ([{platform}] section)",
+                {"platform": self.platform},
+            )
         return self
 
     @property
@@ -263,7 +265,7 @@ class ProductConfig(_Strict):
         default; None when unlimited."""
         per_minute = self.max_notes_per_minute
         if per_minute is None:
-            per_minute = DEFAULT_NOTES_PER_MINUTE.get(self.platform, 0)
+            per_minute = int(_adapter(self.platform).default_notes_per_minute)
         return NoteBudget.of(per_minute) if per_minute > 0 else None
 
     @property
@@ -275,20 +277,34 @@ class ProductConfig(_Strict):
     @property
     def webhook_secret(self) -> str | None:
         """The secret that verifies this product's inbound platform webhooks."""
-        if self.intercom is not None:
-            return self.intercom.client_secret
-        section = self.zendesk or self.http or self.console
-        return section.webhook_secret if section is not None else None
+        return self.settings.inbound_secret if self.settings is not None else None
+
+    def settings_of(self, model: type[_Settings]) -> _Settings:
+        """The platform section as the adapter's ``model``; raises ValueError without one."""
+        if not isinstance(self.settings, model):
+            raise ValueError(f"product {self.id!r} has no [{self.platform}] section")
+        return self.settings
+
+
+def _adapter(platform: str) -> Any:
+    """The adapter class registered as ``platform``; a ValueError for the products file."""
+    try:
+        return plugins.platform_class(platform)
+    except plugins.PluginError as exc:
+        raise ValueError(str(exc)) from None
 
 
 Products = Mapping[str, ProductConfig]
-_SECTION_MODELS: dict[str, type[BaseModel]] = {
-    "intercom": IntercomConfig,
-    "zendesk": ZendeskConfig,
-    "http": HttpConfig,
-    "console": ConsoleConfig,
-    "posthog": PosthogConfig,
-}
+
+
+def _section_model(name: str) -> type[BaseModel] | None:
+    """The model of a product's nested table ``name``: ``posthog`` or a platform's."""
+    if name == "posthog":
+        return PosthogConfig
+    if name in plugins.platform_names():
+        model: type[BaseModel] = _adapter(name).config_model
+        return model
+    return None
 
 
 _UNSET_STAND_IN = "unset-variable-0123456789abcdef"
@@ -323,8 +339,8 @@ def _key(product_id: str, loc: Sequence[Any]) -> str:
 
 def _did_you_mean(loc: tuple[Any, ...]) -> str:
     model: type[BaseModel] = ProductConfig
-    if len(loc) == 2 and loc[0] in _SECTION_MODELS:
-        model = _SECTION_MODELS[loc[0]]
+    if len(loc) == 2 and (section := _section_model(str(loc[0]))) is not None:
+        model = section
     elif len(loc) != 1:
         return ""
     key = str(loc[-1])
@@ -359,13 +375,40 @@ def _product_problems(
         f"{_key(product_id, loc)}: refers to environment variable {name}, which is not set"
         for loc, name in interpolation.missing.items()
     ]
+    section_problems = _section_problems(product_id, values)
+    if section_problems:
+        # Reported key by key; the rest of the product is still checked without it.
+        values = {k: v for k, v in values.items() if k != values.get("platform")}
     try:
         product = ProductConfig.model_validate({**values, "id": product_id})
     except ValidationError as exc:
         # A key whose variable is unset was reported above; its knock-on errors are noise.
-        errors = [e for e in exc.errors() if tuple(map(str, e["loc"])) not in interpolation.missing]
-        return None, problems + [_problem(product_id, e) for e in errors]
+        errors = [
+            e
+            for e in exc.errors()
+            if tuple(map(str, e["loc"])) not in interpolation.missing
+            and not (section_problems and e["type"] == MISSING_SECTION)
+        ]
+        return None, problems + [_problem(product_id, e) for e in errors] + section_problems
+    problems += section_problems
     return (None if problems else product), problems
+
+
+def _section_problems(product_id: str, values: Mapping[str, Any]) -> list[str]:
+    """The platform section's problems, key by key (with the products file's names)."""
+    platform = values.get("platform")
+    section = values.get(platform) if isinstance(platform, str) else None
+    if not isinstance(platform, str) or not isinstance(section, dict):
+        return []
+    try:
+        model = plugins.platform_class(platform).config_model
+    except plugins.PluginError:
+        return []  # ProductConfig reports the unknown platform
+    try:
+        model.model_validate(section)
+    except ValidationError as exc:
+        return [_problem(product_id, {**e, "loc": (platform, *e["loc"])}) for e in exc.errors()]
+    return []
 
 
 def parse_products(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, ProductConfig]:
@@ -417,4 +460,8 @@ def masked_view(product: ProductConfig) -> dict[str, Any]:
             return mask(node)
         return node
 
-    return dict(walk(product.model_dump(exclude_none=True)))
+    view = product.model_dump(exclude_none=True)
+    # The platform section under its name, as in the products file.
+    if "settings" in view:
+        view[product.platform] = view.pop("settings")
+    return dict(walk(view))

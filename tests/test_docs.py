@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
-from app import metrics
+from app import metrics, plugins
 from app.products import ProductConfig, parse_products
 from app.settings import Settings
 
@@ -236,12 +236,21 @@ def test_nothing_in_the_repository_refers_outside_it() -> None:
 
 
 def _section_models(model: type[BaseModel], table: str) -> Iterator[tuple[str, type[BaseModel]]]:
-    """The products file's tables: ``[products.<id>]`` and one per nested model."""
+    """The products file's tables: ``[products.<id>]``, one per nested model, and one per
+    registered platform (its adapter's config model, which the products file names after it)."""
     yield table, model
     for name, field in model.model_fields.items():
         for candidate in typing.get_args(field.annotation) or (field.annotation,):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            if (
+                name != "settings"
+                and isinstance(candidate, type)
+                and issubclass(candidate, BaseModel)
+            ):
                 yield from _section_models(candidate, f"{table[:-1]}.{name}]")
+    if model is ProductConfig:
+        for platform in plugins.platform_names():
+            config = plugins.platform_class(platform).config_model
+            yield from _section_models(config, f"{table[:-1]}.{platform}]")
 
 
 def _products_file_keys() -> list[tuple[str, str]]:
@@ -250,8 +259,8 @@ def _products_file_keys() -> list[tuple[str, str]]:
         for name, field in model.model_fields.items():
             nested = typing.get_args(field.annotation) or (field.annotation,)
             is_table = any(isinstance(t, type) and issubclass(t, BaseModel) for t in nested)
-            # The id is the table name, not a key.
-            if not (model is ProductConfig and name == "id") and not is_table:
+            # The id is the table name, not a key; settings is the platform's table.
+            if not (model is ProductConfig and name in ("id", "settings")) and not is_table:
                 keys.append((table, name))
     return keys
 
@@ -285,7 +294,7 @@ def test_every_products_file_key_is_documented_in_its_section(table: str, key: s
 
 
 def test_every_platform_has_a_section_and_a_page() -> None:
-    platforms = typing.get_args(ProductConfig.model_fields["platform"].annotation)
+    platforms = plugins.platform_names()
     assert platforms
     for platform in platforms:
         section(CONFIGURATION, f"`[products.<id>.{platform}]`")
@@ -305,7 +314,7 @@ def test_the_complete_examples_load() -> None:
         }
         products = parse_products(tomllib.loads(block), env)
         platforms |= {product.platform for product in products.values()}
-    assert platforms == set(typing.get_args(ProductConfig.model_fields["platform"].annotation))
+    assert platforms == set(plugins.platform_names())
 
 
 # --- (d) metrics -----------------------------------------------------------------------------

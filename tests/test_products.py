@@ -124,18 +124,18 @@ def test_spec_example_loads(tmp_path: Path) -> None:
     assert acme.ingest_secret == REFERENCE_ENV["ACME_INGEST_SECRET"]
     assert (acme.pre_link_window_s, acme.post_link_debounce_s) == (120.0, 0.15)
     assert (acme.post_link_max_wait_s, acme.bin_seconds, acme.max_pending_actions) == (5.0, 3, 1000)
-    assert acme.intercom is not None
-    assert acme.intercom.access_token == REFERENCE_ENV["ACME_INTERCOM_TOKEN"]
-    assert acme.intercom.admin_id == "123456"
+    assert acme.settings is not None
+    assert acme.settings.access_token == REFERENCE_ENV["ACME_INTERCOM_TOKEN"]
+    assert acme.settings.admin_id == "123456"
     assert acme.webhook_secret == REFERENCE_ENV["ACME_INTERCOM_CLIENT_SECRET"]
     globex = products["globex"]
-    assert globex.zendesk is not None
-    assert globex.zendesk.base_url == "https://globex.zendesk.com"
+    assert globex.settings is not None
+    assert globex.settings.base_url == "https://globex.zendesk.com"
     assert globex.webhook_secret == REFERENCE_ENV["GLOBEX_ZENDESK_WEBHOOK_SECRET"]
     initech = products["initech"]
-    assert initech.http is not None
-    assert initech.http.redact_url == "https://bot.initech.example/notes/redact"
-    assert initech.http.signing_secret == REFERENCE_ENV["INITECH_SIGNING_SECRET"]
+    assert initech.settings is not None
+    assert initech.settings.redact_url == "https://bot.initech.example/notes/redact"
+    assert initech.settings.signing_secret == REFERENCE_ENV["INITECH_SIGNING_SECRET"]
     demo = products["demo"]
     assert demo.platform == "console"
     assert demo.allow_unauthenticated is True
@@ -197,9 +197,9 @@ def test_interpolation_reaches_any_key_and_section(tmp_path: Path) -> None:
     acme = load(tmp_path, text, env)["acme"]
 
     assert acme.pre_link_window_s == 30.5
-    assert acme.intercom is not None
-    assert acme.intercom.admin_id == "42"
-    assert acme.intercom.client_secret == "from-env-0123456789"
+    assert acme.settings is not None
+    assert acme.settings.admin_id == "42"
+    assert acme.settings.client_secret == "from-env-0123456789"
 
 
 @pytest.mark.parametrize(
@@ -224,8 +224,8 @@ def test_only_exact_references_are_interpolated(
 
     acme = load(tmp_path, intercom_product(section=section), {"X": "replaced"})["acme"]
 
-    assert acme.intercom is not None
-    assert acme.intercom.admin_id == expected
+    assert acme.settings is not None
+    assert acme.settings.admin_id == expected
 
 
 def test_default_environment_is_the_process_environment(
@@ -557,8 +557,8 @@ def test_zendesk_base_url_defaults_to_the_subdomain(tmp_path: Path) -> None:
         tmp_path, zendesk_product('subdomain = "globex"\noauth_token = "o-0123456789abcdef"')
     )["g"]
 
-    assert product.zendesk is not None
-    assert product.zendesk.base_url == "https://globex.zendesk.com"
+    assert product.settings is not None
+    assert product.settings.base_url == "https://globex.zendesk.com"
 
 
 def test_zendesk_api_base_without_subdomain(tmp_path: Path) -> None:
@@ -566,8 +566,8 @@ def test_zendesk_api_base_without_subdomain(tmp_path: Path) -> None:
 
     product = load(tmp_path, zendesk_product(section))["g"]
 
-    assert product.zendesk is not None
-    assert product.zendesk.base_url == "http://127.0.0.1:9000"
+    assert product.settings is not None
+    assert product.settings.base_url == "http://127.0.0.1:9000"
 
 
 @pytest.mark.parametrize(

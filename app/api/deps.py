@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -17,13 +17,11 @@ from app.auth import is_admin
 from app.clock import Clock
 from app.delivery.worker import DeliveryWorker
 from app.models import SESSION_ID_REGEX
-from app.platforms.base import Platform
+from app.platforms.base import Platform, is_json_media_type
 from app.products import ProductConfig
 from app.settings import Settings
 from app.store.keys import SHARDS
 from app.store.redis_store import RedisStore, StoreUnavailable
-
-_JSON_TYPES = ("application/json",)
 
 
 @dataclass
@@ -84,19 +82,24 @@ async def get_product(product_id: str, services: ServicesDep) -> ProductConfig:
 ProductDep = Annotated[ProductConfig, Depends(get_product)]
 
 
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media in _JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
-
-
 async def json_body(request: Request, services: ServicesDep) -> bytes:
     """The raw body (signatures need the exact bytes), checked for type, size and read time."""
+    return await read_body(
+        request, services, accepts=is_json_media_type, expected="application/json"
+    )
+
+
+async def read_body(
+    request: Request, services: Services, *, accepts: Callable[[str], bool], expected: str
+) -> bytes:
+    """The raw body of a type ``accepts`` takes (by Content-Type; ``expected`` names it in
+    the 415), within the size and read-time limits."""
     if not services.accepting:
         raise ApiError(
             503, "shutting_down", "this instance is shutting down", headers={"Retry-After": "1"}
         )
-    if not _is_json(request.headers.get("content-type", "")):
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    if not accepts(request.headers.get("content-type", "")):
+        raise ApiError(415, "unsupported_media_type", f"send the body as {expected}")
     limit = services.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and _declares_more_than(declared, limit):

@@ -8,7 +8,7 @@ import structlog
 from fastapi import APIRouter, Request, Response
 
 from app import metrics, openapi
-from app.api.deps import JsonBody, ProductDep, ServicesDep
+from app.api.deps import ProductDep, ServicesDep, read_body
 from app.api.errors import ApiError
 from app.api.webhook_schemas import IntercomNotification, ZendeskTicketEvent, ZendeskTrigger
 from app.domain import WebhookEvent
@@ -106,10 +106,14 @@ def _platform_unavailable(product: ProductConfig, exc: DeliveryError) -> ApiErro
     openapi_extra=openapi.operation(WEBHOOK_BODY, openapi.security(*openapi.PLATFORM_SIGNATURES)),
 )
 async def receive_webhook(
-    product: ProductDep, body: JsonBody, request: Request, services: ServicesDep
+    product: ProductDep, request: Request, services: ServicesDep
 ) -> WebhookResponse:
     """Verify a platform webhook and link the user's session to its conversation."""
     platform = services.platforms[product.id]
+    # JSON unless the adapter takes other bodies (Platform.accepts_webhook).
+    body = await read_body(
+        request, services, accepts=platform.accepts_webhook, expected=platform.webhook_media_type
+    )
     event = await _verified_event(platform, product, request, body)
     structlog.contextvars.bind_contextvars(
         conversation_id=event.conversation_id, session_id=event.session_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
@@ -17,11 +18,12 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import httpx
 import pydantic_core
+from pydantic import BaseModel, ValidationError
 
 from app import metrics
 from app.clock import Clock
 from app.domain import Note, WebhookEvent
-from app.products import ProductConfig
+from app.products import PlatformSettings, ProductConfig
 
 # Total time allowed for one outbound call (httpx's own timeouts are per operation).
 CALL_TIMEOUT_S = 15.0
@@ -65,6 +67,46 @@ class PermanentDeliveryError(DeliveryError):
 
 class ConversationNotFound(PermanentDeliveryError):
     """The conversation no longer exists (404): the session must be unlinked."""
+
+
+# A delivery id from a body or header is kept as is up to this length.
+MAX_DELIVERY_ID_CHARS = 256
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def body_id(data: Mapping[str, Any], key: str = "id") -> str | None:
+    """``data[key]`` as a delivery id: a non-empty string of at most 256 characters."""
+    value = data.get(key)
+    if isinstance(value, str) and 0 < len(value) <= MAX_DELIVERY_ID_CHARS:
+        return value
+    return None
+
+
+def body_digest_id(body: bytes) -> str:
+    """A delivery id for a body that carries none: the same body is the same delivery."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """pydantic's errors as one line: ``field.path: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+
+
+def validated(model: type[_Model], data: Any, *, what: str = "webhook body") -> _Model:
+    """``data`` as ``model``; raises InvalidWebhook naming every problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidWebhook(f"invalid {what}: {validation_problems(exc)}") from exc
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """Whether a Content-Type header names JSON: ``application/json`` or ``application/*+json``."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def load_json_object(body: bytes) -> dict[str, Any]:
@@ -118,6 +160,14 @@ class Platform(ABC):
     """One product's adapter for its chat platform."""
 
     name: ClassVar[str]
+    # The plug-in contract (app/plugins.py): the model of the product's platform section,
+    # the notes a minute a product gets without max_notes_per_minute (0: no limit), and
+    # whether a product may turn webhook and ingest authentication off (demos only).
+    config_model: ClassVar[type[PlatformSettings]]
+    default_notes_per_minute: ClassVar[int] = 0
+    allows_unauthenticated: ClassVar[bool] = False
+    # What the 415 for a webhook body accepts_webhook refuses asks for.
+    webhook_media_type: ClassVar[str] = "application/json"
 
     def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
         self.product = product
@@ -152,6 +202,12 @@ class Platform(ABC):
         (Intercom: the contact's PostHog replay URL); None when it has none. May raise a
         DeliveryError."""
         return None
+
+    def accepts_webhook(self, content_type: str) -> bool:
+        """Whether a webhook body of this Content-Type is read at all (else ``415``). JSON by
+        default; an adapter whose platform posts forms or XML widens it, and parses the raw
+        bytes itself in ``parse``."""
+        return is_json_media_type(content_type)
 
     def rate_limited(self) -> bool:
         """Whether the platform's last 429 still asks us to wait."""

@@ -7,25 +7,36 @@ from collections.abc import Mapping
 
 import httpx
 import structlog
+from pydantic import field_validator
 
 from app.clock import Clock
 from app.domain import Note, WebhookEvent
 from app.platforms.base import Platform, WebhookRejected
 from app.platforms.http import parse_bot_event, verify_webhook
-from app.products import ProductConfig
+from app.products import PlatformSettings, ProductConfig, optional_whsec
 from app.security import decode_whsec
 
 log = structlog.get_logger(__name__)
+
+
+class ConsoleConfig(PlatformSettings):
+    webhook_secret: str | None = None
+
+    _secrets = field_validator("webhook_secret")(optional_whsec)
 
 
 class ConsolePlatform(Platform):
     """Logs every note (with its full body) instead of posting it anywhere."""
 
     name = "console"
+    config_model = ConsoleConfig
+    # A demo product (make run) may take unsigned webhooks and batches when it says so.
+    allows_unauthenticated = True
 
     def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
         super().__init__(product, client, clock)
-        secret = product.console.webhook_secret if product.console is not None else None
+        config = product.settings if isinstance(product.settings, ConsoleConfig) else None
+        secret = config.webhook_secret if config is not None else None
         self._webhook_key = decode_whsec(secret) if secret is not None else None
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:

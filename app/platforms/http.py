@@ -7,19 +7,22 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
 from app.clock import Clock
 from app.domain import LinkEvent, Note, WebhookEvent
 from app.models import ConversationId, SessionId
 from app.platforms.base import (
+    MAX_DELIVERY_ID_CHARS,
     InvalidWebhook,
     PermanentDeliveryError,
     Platform,
     WebhookRejected,
+    body_id,
     load_json_object,
+    validated,
 )
-from app.products import HttpConfig, ProductConfig
+from app.products import PlatformSettings, ProductConfig, http_url, whsec_value
 from app.security import (
     SignatureError,
     decode_whsec,
@@ -33,7 +36,6 @@ LINK_EVENTS: Mapping[str, LinkEvent] = {
     "conversation.created": LinkEvent.NEW,
     "conversation.replied": LinkEvent.REPLY_EXISTING,
 }
-MAX_DELIVERY_ID_CHARS = 256
 # Enough of an unknown event name to recognise it in a log without echoing a huge string.
 _EVENT_NAME_PREVIEW_CHARS = 64
 
@@ -59,11 +61,6 @@ def verify_webhook(headers: Mapping[str, str], body: bytes, *, key: bytes, now: 
         raise WebhookRejected(f"invalid Standard Webhooks signature: {exc}") from exc
 
 
-def _describe(exc: ValidationError) -> str:
-    problems = (f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-    return "invalid webhook body: " + "; ".join(problems)
-
-
 def _checked_delivery_id(delivery_id: str | None) -> str | None:
     if delivery_id is not None and len(delivery_id) > MAX_DELIVERY_ID_CHARS:
         raise InvalidWebhook(f"webhook-id must be at most {MAX_DELIVERY_ID_CHARS} characters")
@@ -71,12 +68,9 @@ def _checked_delivery_id(delivery_id: str | None) -> str | None:
 
 
 def _ignored(event: str, data: Mapping[str, Any], delivery_id: str | None) -> WebhookEvent:
-    body_id = data.get("id")
-    if not isinstance(body_id, str) or not 0 < len(body_id) <= MAX_DELIVERY_ID_CHARS:
-        body_id = None
     preview = event[:_EVENT_NAME_PREVIEW_CHARS]
     return WebhookEvent(
-        delivery_id=delivery_id or body_id,
+        delivery_id=delivery_id or body_id(data),
         event=None,
         reason=f"event {preview!r} is not link-eligible",
     )
@@ -92,10 +86,7 @@ def parse_bot_event(body: bytes, delivery_id: str | None) -> WebhookEvent:
     link_event = LINK_EVENTS.get(event)
     if link_event is None:
         return _ignored(event, data, delivery_id)
-    try:
-        fields = BotEvent.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidWebhook(_describe(exc)) from exc
+    fields = validated(BotEvent, data)
     return WebhookEvent(
         delivery_id=delivery_id or fields.id,
         event=link_event,
@@ -141,18 +132,29 @@ def note_payload(note: Note) -> dict[str, Any]:
     }
 
 
+class HttpConfig(PlatformSettings):
+    """``[products.<id>.http]``."""
+
+    url: str
+    redact_url: str | None = None
+    signing_secret: str
+    webhook_secret: str
+
+    _secrets = field_validator("signing_secret", "webhook_secret")(whsec_value)
+    _urls = field_validator("url", "redact_url")(http_url)
+
+
 class HttpPlatform(Platform):
     """Talks to a self-hosted bot over signed JSON webhooks."""
 
     name = "http"
+    config_model = HttpConfig
 
     def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
         super().__init__(product, client, clock)
-        if product.http is None:
-            raise ValueError(f"product {product.id!r} has no [http] section")
-        self.config: HttpConfig = product.http
-        self._webhook_key = decode_whsec(product.http.webhook_secret)
-        self._signing_key = decode_whsec(product.http.signing_secret)
+        self.config = product.settings_of(HttpConfig)
+        self._webhook_key = decode_whsec(self.config.webhook_secret)
+        self._signing_key = decode_whsec(self.config.signing_secret)
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         verify_webhook(headers, body, key=self._webhook_key, now=self.clock.now())

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
+from pydantic import field_validator
 
 from app.clock import Clock
 from app.domain import LinkEvent, Note, WebhookEvent
@@ -26,10 +26,12 @@ from app.platforms.base import (
     Platform,
     RetryableDeliveryError,
     WebhookRejected,
+    body_digest_id,
+    body_id,
     load_json_object,
     retry_after_seconds,
 )
-from app.products import IntercomConfig, ProductConfig
+from app.products import PlatformSettings, ProductConfig, http_url, not_blank, secret_value
 from app.security import SignatureError, verify_prefixed_hex
 
 SIGNATURE_HEADER = "x-hub-signature"
@@ -72,8 +74,7 @@ def _identifier(value: Any, *, max_chars: int = MAX_IDENTITY_CHARS) -> str | Non
 
 
 def _delivery_id(envelope: Mapping[str, Any], body: bytes) -> str:
-    notification_id = _text(envelope.get("id"), max_chars=MAX_ID_CHARS)
-    return notification_id or "sha256:" + hashlib.sha256(body).hexdigest()
+    return body_id(envelope) or body_digest_id(body)
 
 
 def _ignored(topic: str, delivery_id: str) -> WebhookEvent:
@@ -236,23 +237,43 @@ def _json_object(response: httpx.Response) -> Mapping[str, Any]:
         return {}
 
 
+class IntercomConfig(PlatformSettings):
+    """``[products.<id>.intercom]``."""
+
+    access_token: str
+    admin_id: str
+    client_secret: str
+    api_base: str = "https://api.intercom.io"
+    api_version: str = "2.14"
+    body_format: Literal["html", "text"] = "html"
+
+    _non_empty = field_validator("admin_id")(not_blank)
+    _secrets = field_validator("access_token", "client_secret")(secret_value)
+    _urls = field_validator("api_base")(http_url)
+
+    @property
+    def inbound_secret(self) -> str:
+        return self.client_secret  # Intercom signs its webhooks with the app's client secret
+
+
 class IntercomPlatform(Platform):
     """Links sessions from Intercom conversation webhooks and posts notes as an admin."""
 
     name = "intercom"
+    config_model = IntercomConfig
+    # Intercom allows 10 000 calls a minute per app, shared with the workspace's integrations.
+    default_notes_per_minute = 1000
 
     def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
         super().__init__(product, client, clock)
-        if product.intercom is None:
-            raise ValueError(f"product {product.id!r} has no [intercom] section")
-        self.config: IntercomConfig = product.intercom
-        self._base_url = product.intercom.api_base.rstrip("/")
+        self.config = product.settings_of(IntercomConfig)
+        self._base_url = self.config.api_base.rstrip("/")
         self.contacts: ExpiringCache[str, ContactSession] = ExpiringCache(
             max_entries=CONTACT_CACHE_ENTRIES, ttl_s=CONTACT_CACHE_TTL_S
         )
         self._headers = {
-            "authorization": f"Bearer {product.intercom.access_token}",
-            "intercom-version": product.intercom.api_version,
+            "authorization": f"Bearer {self.config.access_token}",
+            "intercom-version": self.config.api_version,
             "accept": "application/json",
             "content-type": "application/json",
         }

@@ -39,11 +39,17 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Self
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    field_validator,
+    model_validator,
+)
 
 from app.clock import Clock
 from app.domain import LinkEvent, Note, WebhookEvent
@@ -56,16 +62,17 @@ from app.platforms.base import (
     Platform,
     RetryableDeliveryError,
     WebhookRejected,
+    body_id,
     load_json_object,
+    validated,
 )
-from app.products import ProductConfig, ZendeskConfig
+from app.products import PlatformSettings, ProductConfig, http_url, not_blank, secret_value
 from app.security import MAX_SIGNATURE_HEADER_CHARS, equals
 
 SIGNATURE_HEADER = "x-zendesk-webhook-signature"
 TIMESTAMP_HEADER = "x-zendesk-webhook-signature-timestamp"
 REPLAY_WINDOW_S = 300.0
 MAX_TIMESTAMP_CHARS = 64
-MAX_DELIVERY_ID_CHARS = 256
 MAX_FIELD_CHARS = 512
 
 EVENT_TYPE_PREFIX = "zen:event-type:"
@@ -85,8 +92,6 @@ REQUESTER_CACHE_TTL_S = 600.0
 LOOKUP_TIMEOUT_S = 5.0
 
 _EVENT_NAME_PREVIEW_CHARS = 64
-
-_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def zendesk_signature(secret: str, *, timestamp: str, body: bytes) -> str:
@@ -209,14 +214,6 @@ class TriggerBody(_Lenient):
     session_id: RenderedSessionId = None
 
 
-def _validated(model: type[_Model], data: Mapping[str, Any]) -> _Model:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = (f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise InvalidWebhook("invalid Zendesk webhook body: " + "; ".join(problems)) from exc
-
-
 def signed_delivery_id(headers: Mapping[str, str], body: bytes) -> str:
     """A delivery id only the signer can make: the digest of the signed timestamp and body.
 
@@ -225,13 +222,6 @@ def signed_delivery_id(headers: Mapping[str, str], body: bytes) -> str:
     """
     signed = headers.get(TIMESTAMP_HEADER, "").encode() + b"\x1f" + body
     return "sig:" + hashlib.sha256(signed).hexdigest()
-
-
-def _body_id(data: Mapping[str, Any]) -> str | None:
-    value = data.get("id")
-    if isinstance(value, str) and 0 < len(value) <= MAX_DELIVERY_ID_CHARS:
-        return value
-    return None
 
 
 def _ignored(delivery_id: str | None, reason: str, ticket_id: str | None = None) -> WebhookEvent:
@@ -260,7 +250,7 @@ def parse_trigger(data: Mapping[str, Any], delivery_id: str | None) -> WebhookEv
     link_event = TRIGGER_EVENTS.get(name)
     if link_event is None:
         return _ignored(delivery_id, _not_eligible(name))
-    trigger = _validated(TriggerBody, data)
+    trigger = validated(TriggerBody, data, what="Zendesk webhook body")
     return WebhookEvent(
         delivery_id=delivery_id,
         event=link_event,
@@ -326,16 +316,44 @@ def comment_id(response: httpx.Response) -> str | None:
     return None
 
 
+class ZendeskConfig(PlatformSettings):
+    """``[products.<id>.zendesk]``."""
+
+    subdomain: str | None = None
+    email: str | None = None
+    api_token: str | None = None
+    oauth_token: str | None = None
+    webhook_secret: str
+    api_base: str | None = None
+
+    _non_empty = field_validator("email")(not_blank)
+    _secrets = field_validator("api_token", "oauth_token", "webhook_secret")(secret_value)
+    _urls = field_validator("api_base")(http_url)
+
+    @model_validator(mode="after")
+    def _check_auth_and_base(self) -> Self:
+        if self.api_base is None and not self.subdomain:
+            raise ValueError("set subdomain or api_base")
+        if self.oauth_token is None and not (self.email and self.api_token):
+            raise ValueError("set email and api_token, or oauth_token")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self.api_base or f"https://{self.subdomain}.zendesk.com"
+
+
 class ZendeskPlatform(Platform):
     """Links tickets from signed Zendesk webhooks and posts notes as private comments."""
 
     name = "zendesk"
+    config_model = ZendeskConfig
+    # Zendesk allows 200 (Team) to 700 (Enterprise) requests a minute per account.
+    default_notes_per_minute = 100
 
     def __init__(self, product: ProductConfig, client: httpx.AsyncClient, clock: Clock) -> None:
         super().__init__(product, client, clock)
-        if product.zendesk is None:
-            raise ValueError(f"product {product.id!r} has no [zendesk] section")
-        self.config: ZendeskConfig = product.zendesk
+        self.config = product.settings_of(ZendeskConfig)
         self.base_url = self.config.base_url.rstrip("/")
         self.lookup_timeout_s = LOOKUP_TIMEOUT_S
         self.requesters: ExpiringCache[str, Requester] = ExpiringCache(
@@ -355,7 +373,7 @@ class ZendeskPlatform(Platform):
         kind = data.get("type")
         if isinstance(kind, str) and kind.startswith(EVENT_TYPE_PREFIX):
             # An event's own id is signed too, and stays the same when Zendesk re-signs a retry.
-            return await self._parse_subscription(kind, data, _body_id(data) or delivery_id)
+            return await self._parse_subscription(kind, data, body_id(data) or delivery_id)
         if "event" in data:
             return parse_trigger(data, delivery_id)
         raise InvalidWebhook(
@@ -377,7 +395,7 @@ class ZendeskPlatform(Platform):
         link_event = SUBSCRIPTION_EVENTS.get(kind)
         if link_event is None:
             return _ignored(delivery_id, _not_eligible(kind))
-        event = _validated(TicketEvent, data)
+        event = validated(TicketEvent, data, what="Zendesk webhook body")
         ticket_id = event.detail.id
         if link_event is LinkEvent.REPLY_EXISTING and not _comment_by_requester(event):
             return _ignored(delivery_id, "the comment is not the requester's", ticket_id)

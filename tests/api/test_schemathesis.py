@@ -99,7 +99,7 @@ def _load(
         redis_client=redis_client,
         products={
             PRODUCT: make_product(PRODUCT),
-            OPEN: make_product(OPEN, "console", allow_unauthenticated=True, console=None),
+            OPEN: make_product(OPEN, "console", allow_unauthenticated=True),
         },
         run_worker=False,
         configure_logs=False,

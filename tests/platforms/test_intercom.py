@@ -623,7 +623,7 @@ def test_build_platform_builds_the_intercom_adapter(
 def test_an_intercom_product_without_its_section_is_refused(
     client: httpx.AsyncClient, clock: ManualClock
 ) -> None:
-    product = ProductConfig.model_construct(id="acme", platform="intercom", intercom=None)
+    product = ProductConfig.model_construct(id="acme", platform="intercom", settings=None)
     with pytest.raises(ValueError, match=r"\[intercom\]"):
         IntercomPlatform(product, client, clock)
 

@@ -719,7 +719,7 @@ def test_build_platform_builds_the_zendesk_adapter(
 
 
 def test_the_adapter_needs_a_zendesk_section(client: httpx.AsyncClient, clock: ManualClock) -> None:
-    product = ProductConfig.model_construct(id="globex", platform="zendesk", zendesk=None)
+    product = ProductConfig.model_construct(id="globex", platform="zendesk", settings=None)
     with pytest.raises(ValueError, match=r"\[zendesk\]"):
         ZendeskPlatform(product, client, clock)
 
