@@ -37,7 +37,7 @@ from app.models import (
     is_session_id,
     validation_fields,
 )
-from app.posthog.describe import current_url, describe, event_time, session_id
+from app.posthog.describe import current_url, describe, event_time, session_id, string_field
 from app.products import PosthogConfig, ProductConfig
 from app.security import SignatureError, equals, verify_standard_webhook
 from app.store.redis_store import IngestOutcome, RedisStore, StoreError, StoreUnavailable
@@ -152,11 +152,6 @@ def _items(body: bytes) -> tuple[list[dict[str, Any]], bool]:
     return [dict(item) for item in items], is_array
 
 
-def _string(mapping: object, key: str) -> str | None:
-    value = mapping.get(key) if isinstance(mapping, Mapping) else None
-    return value if isinstance(value, str) and value else None
-
-
 def _start(event: Mapping[str, Any]) -> float | None:
     """The event's time in seconds; None (the receive time stands in) when it is missing or
     outside what an action's ``timestamp_start`` can hold as seconds."""
@@ -179,8 +174,10 @@ def _payload(
     person = item.get("person")
     values = {
         "session_id": sid,
-        "user_id": _string(event, "distinct_id"),
-        "email": _string(person.get("properties") if isinstance(person, dict) else None, "email"),
+        "user_id": string_field(event, "distinct_id"),
+        "email": string_field(
+            person.get("properties") if isinstance(person, dict) else None, "email"
+        ),
         "actions": [action],
     }
     # Validated through the model, so every ingest limit and truncation applies.
@@ -199,7 +196,7 @@ def _kept_events(
     ignored = 0
     for i, item in enumerate(items):
         event: Mapping[str, Any] = item["event"]
-        if not posthog.keeps(_string(event, "event")):
+        if not posthog.keeps(string_field(event, "event")):
             metrics.POSTHOG_EVENTS.labels(product.id, "ignored_event").inc()
             ignored += 1
             continue
@@ -217,7 +214,7 @@ def _kept_events(
                 for f in validation_fields(exc)
             ]
             raise _invalid(fields) from exc
-        kept.append(_Kept(payload, _string(event, "uuid")))
+        kept.append(_Kept(payload, string_field(event, "uuid")))
     return kept, ignored
 
 
@@ -241,7 +238,7 @@ def _is_project_url(url: str) -> bool:
 def _project_url(items: list[dict[str, Any]]) -> str | None:
     """The request's PostHog project URL (``project.url``, the last valid one), if any."""
     for item in reversed(items):
-        url = _string(item.get("project"), "url")
+        url = string_field(item.get("project"), "url")
         if url is not None and _is_project_url(url):
             return url
     return None

@@ -87,10 +87,10 @@ def describe(event: Mapping[str, Any]) -> Described:
     """
     properties = _properties(event)
     page = _page(properties)
-    name = _string(event, "event")
+    name = string_field(event, "event")
     match name:
         case "$autocapture":
-            event_type = _string(properties, "$event_type")
+            event_type = string_field(properties, "$event_type")
             verb = _VERBS.get(event_type or "", "interacted with")
             target = _target(event, properties)
             return Described(event_type or "autocapture", f"User {verb} {target} on {page}", page)
@@ -106,7 +106,7 @@ def describe(event: Mapping[str, Any]) -> Described:
         case "$pageleave":
             return Described("pageleave", f"User left {page}", page)
         case "$screen":
-            screen = _clean(_string(properties, "$screen_name"))
+            screen = _clean(string_field(properties, "$screen_name"))
             text = f"User viewed screen {screen}" if screen else "User viewed a screen"
             return Described("screen", text, page)
         case _:
@@ -117,12 +117,12 @@ def describe(event: Mapping[str, Any]) -> Described:
 
 def session_id(event: Mapping[str, Any]) -> str | None:
     """``properties.$session_id``, the key that ties the event to a support conversation."""
-    return _string(_properties(event), "$session_id")
+    return string_field(_properties(event), "$session_id")
 
 
 def current_url(event: Mapping[str, Any]) -> str | None:
     """``properties.$current_url``, the full address of the page, query string included."""
-    return _string(_properties(event), "$current_url")
+    return string_field(_properties(event), "$current_url")
 
 
 def event_time(event: Mapping[str, Any]) -> float | None:
@@ -132,7 +132,7 @@ def event_time(event: Mapping[str, Any]) -> float | None:
     fractional digits are read. A timestamp without an offset is taken as UTC, which is how
     PostHog stores them.
     """
-    stamp = _string(event, "timestamp")
+    stamp = string_field(event, "timestamp")
     if stamp is None:
         return None
     try:
@@ -147,9 +147,10 @@ def event_time(event: Mapping[str, Any]) -> float | None:
 # --- fields ------------------------------------------------------------------------------------
 
 
-def _string(mapping: Mapping[str, object], key: str) -> str | None:
-    """The value under ``key`` if it is a string with something other than whitespace in it."""
-    value = mapping.get(key)
+def string_field(mapping: object, key: str) -> str | None:
+    """The value under ``key`` if ``mapping`` is one and the value is a string with something
+    other than whitespace in it (the one reading of an event's text fields)."""
+    value = mapping.get(key) if isinstance(mapping, Mapping) else None
     return value if isinstance(value, str) and value.strip() else None
 
 
@@ -160,10 +161,10 @@ def _properties(event: Mapping[str, object]) -> Mapping[str, object]:
 
 def _page(properties: Mapping[str, object]) -> str:
     """``$pathname``, else the path of ``$current_url`` ("/" for a bare host), else "the page"."""
-    pathname = _string(properties, "$pathname")
+    pathname = string_field(properties, "$pathname")
     if pathname is not None:
         return pathname
-    url = _string(properties, "$current_url")
+    url = string_field(properties, "$current_url")
     if url is not None:
         try:
             return urlsplit(url.strip()).path or "/"
@@ -188,7 +189,7 @@ def _target(event: Mapping[str, object], properties: Mapping[str, object]) -> st
     element = _element(event, properties)
     noun = _NOUNS.get(element.tag, element.tag) if element and element.tag else "element"
     candidates = (
-        _string(properties, "$el_text"),
+        string_field(properties, "$el_text"),
         element.text if element else None,
         element.aria_label if element else None,
     )
@@ -199,7 +200,10 @@ def _target(event: Mapping[str, object], properties: Mapping[str, object]) -> st
 
 def _element(event: Mapping[str, object], properties: Mapping[str, object]) -> _Element | None:
     """The target element, from the first place that has one, newest format first."""
-    for chain in (_string(event, "elements_chain"), _string(properties, "$elements_chain")):
+    for chain in (
+        string_field(event, "elements_chain"),
+        string_field(properties, "$elements_chain"),
+    ):
         if chain is not None and (entry := _first_entry(chain)):
             return _parse_entry(entry)
     elements = properties.get("$elements")
@@ -220,9 +224,10 @@ def _from_dict(element: Mapping[str, object]) -> _Element:
     attributes = element.get("attributes")
     nested: Mapping[str, object] = attributes if isinstance(attributes, Mapping) else {}
     return _Element(
-        tag=_tag(_string(element, "tag_name") or ""),
-        text=_string(element, "$el_text") or _string(element, "text"),
-        aria_label=_string(element, "attr__aria-label") or _string(nested, "attr__aria-label"),
+        tag=_tag(string_field(element, "tag_name") or ""),
+        text=string_field(element, "$el_text") or string_field(element, "text"),
+        aria_label=string_field(element, "attr__aria-label")
+        or string_field(nested, "attr__aria-label"),
     )
 
 

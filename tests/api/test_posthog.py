@@ -168,6 +168,18 @@ async def test_the_action_carries_the_url_type_and_identity(h: Harness) -> None:
     assert action["timestamp_start"] == pytest.approx(1741944413.589)
 
 
+async def test_blank_identity_fields_are_absent_as_in_the_description(h: Harness) -> None:
+    """A whitespace-only distinct id or email names nobody (the describer reads every text
+    field the same way); one uuid of spaces is no uuid."""
+    body = event(CLICK, distinct_id="   ", uuid=" ")
+    body["person"]["properties"]["email"] = "\t"
+    assert (await post(h, body)).status_code == 202
+    r = await h.client.get(
+        f"/sessions/acme/{CLICK_SESSION}", headers={"authorization": f"Bearer {INGEST_TOKEN}"}
+    )
+    assert r.json()["metadata"] == {"user_id": None, "email": None}
+
+
 async def test_an_event_without_a_timestamp_takes_the_receive_time(h: Harness) -> None:
     body = event(CLICK, timestamp="yesterday")
     assert (await post(h, body)).status_code == 202
