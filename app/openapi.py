@@ -54,6 +54,7 @@ CONNECTOR_SIGNATURE = "connectorSignature"
 STANDARD_WEBHOOKS = "standardWebhooks"
 INTERCOM_SIGNATURE = "intercomSignature"
 ZENDESK_SIGNATURE = "zendeskSignature"
+SALESFORCE_TOKEN = "salesforceToken"  # noqa: S105 (a scheme name)
 POSTHOG_HEADER = "posthogHeader"
 ADMIN_BEARER = "adminToken"
 
@@ -97,6 +98,13 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "followed by the raw body, keyed with the webhook's signing secret; the timestamp "
         "(ISO 8601, also sent) must be within 5 minutes.",
     },
+    SALESFORCE_TOKEN: {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Bridge-Token",
+        "description": "Salesforce: the product's `[salesforce]` `webhook_token`, sent by the "
+        "Flow's Named Credential, compared in constant time.",
+    },
     POSTHOG_HEADER: {
         "type": "apiKey",
         "in": "header",
@@ -113,7 +121,7 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
 }
 
 INGEST_CREDENTIALS = (INGEST_BEARER, CONNECTOR_SIGNATURE, STANDARD_WEBHOOKS)
-PLATFORM_SIGNATURES = (INTERCOM_SIGNATURE, ZENDESK_SIGNATURE, STANDARD_WEBHOOKS)
+PLATFORM_SIGNATURES = (INTERCOM_SIGNATURE, ZENDESK_SIGNATURE, SALESFORCE_TOKEN, STANDARD_WEBHOOKS)
 POSTHOG_CREDENTIALS = (STANDARD_WEBHOOKS, POSTHOG_HEADER)
 
 

@@ -43,6 +43,7 @@ SECRET_KEYS = frozenset(
         "signing_secret",
         "ingest_webhook_secret",
         "header_secret",
+        "webhook_token",
     }
 )
 MIN_SECRET_CHARS = 16

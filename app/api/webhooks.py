@@ -22,6 +22,7 @@ from app.platforms.base import (
     WebhookRejected,
 )
 from app.platforms.http import BotEvent
+from app.platforms.salesforce import CaseEvent
 from app.products import ProductConfig
 
 router = APIRouter(tags=["webhooks"])
@@ -34,11 +35,18 @@ WEBHOOK_BODY = openapi.request_body(
     {
         "oneOf": [
             openapi.schema_ref(model)
-            for model in (IntercomNotification, ZendeskTicketEvent, ZendeskTrigger, BotEvent)
+            for model in (
+                IntercomNotification,
+                ZendeskTicketEvent,
+                ZendeskTrigger,
+                CaseEvent,
+                BotEvent,
+            )
         ]
     },
     description="The product's platform decides the body: an Intercom `notification_event` "
-    "(`intercom`), a Zendesk event subscription or trigger body (`zendesk`), or a bot event "
+    "(`intercom`), a Zendesk event subscription or trigger body (`zendesk`), a Flow's case "
+    "event (`salesforce`), or a bot event "
     "(`http` and `console`: `conversation.created` links as a new conversation, "
     "`conversation.replied` as a reply, any other `event` is acknowledged and ignored). "
     "Events that cannot link are answered 200 with status `ignored`.",

@@ -47,6 +47,7 @@ from app.api.posthog import PosthogWebhook
 from app.main import create_app
 from app.models import ActionsPayload, LinkRequest, ProactiveRequest, SummaryPayload
 from app.platforms.http import BotEvent
+from app.platforms.salesforce import CaseEvent
 from app.platforms.zendesk import TicketEvent, TriggerBody, zendesk_signature
 from app.products import ProductConfig
 from app.security import decode_whsec, hmac_hex, standard_webhook_signature
@@ -62,9 +63,15 @@ from tests.conftest import (
 from tests.fakes.zendesk import iso_timestamp
 from tests.harness import Harness, running_app
 
-HTTP, CONSOLE, INTERCOM, ZENDESK = "acme", "demo", "icom", "globex"
-PRODUCT_IDS = (HTTP, CONSOLE, INTERCOM, ZENDESK)
-PLATFORMS = {HTTP: "http", CONSOLE: "console", INTERCOM: "intercom", ZENDESK: "zendesk"}
+HTTP, CONSOLE, INTERCOM, ZENDESK, SALESFORCE = "acme", "demo", "icom", "globex", "umbrella"
+PRODUCT_IDS = (HTTP, CONSOLE, INTERCOM, ZENDESK, SALESFORCE)
+PLATFORMS = {
+    HTTP: "http",
+    CONSOLE: "console",
+    INTERCOM: "intercom",
+    ZENDESK: "zendesk",
+    SALESFORCE: "salesforce",
+}
 # Seeded in every test: sess-1 has a batch and no link; sess-2 is linked and has a dead letter.
 SESSIONS = ("sess-1", "sess-2")
 
@@ -72,6 +79,7 @@ ADMIN_TOKEN = "fuzz-admin-token-0123456789"
 INGEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"i" * 32).decode()
 INTERCOM_SECRET = "fuzz-intercom-client-secret"
 ZENDESK_SECRET = "fuzz-zendesk-webhook-secret"
+SALESFORCE_TOKEN = "fuzz-salesforce-bridge-token"
 POSTHOG_SECRET = "whsec_" + base64.b64encode(b"p" * 32).decode()
 POSTHOG_HEADER, POSTHOG_HEADER_SECRET = "x-posthog-secret", "fuzz-posthog-header-secret"
 ZENDESK_USERS = "https://globex.zendesk.com/api/v2/users/"
@@ -94,6 +102,12 @@ def fuzz_products() -> list[ProductConfig]:
         "api_token": "fuzz-zendesk-api-token",
         "webhook_secret": ZENDESK_SECRET,
     }
+    salesforce = {
+        "instance_url": "https://umbrella.my.salesforce.com",
+        "client_id": "3MVG9fuzz.consumer.key",
+        "client_secret": "fuzz-salesforce-consumer-secret",
+        "webhook_token": SALESFORCE_TOKEN,
+    }
     # Only the http product takes PostHog events: the others answer posthog_not_configured.
     posthog = {
         "webhook_secret": POSTHOG_SECRET,
@@ -106,6 +120,7 @@ def fuzz_products() -> list[ProductConfig]:
         make_product(CONSOLE, "console", **ingest),
         make_product(INTERCOM, "intercom", intercom=intercom, **ingest),
         make_product(ZENDESK, "zendesk", zendesk=zendesk, **ingest),
+        make_product(SALESFORCE, "salesforce", salesforce=salesforce, **ingest),
     ]
 
 
@@ -460,6 +475,8 @@ TICKET_EVENTS = {
         "zen:event-type:ticket.status_changed",
     ]
 }
+CASE_EVENTS = {"enum": ["case.created", "case.comment_added", "case.closed"]}
+CASE_IDS = {"enum": ["500Hs00001XyZaBIAV", "500Hs00001XyZaB", "conv-2", ""]}
 # The platforms' webhook fixtures (not their API answers) and models.
 WEBHOOK_BODIES = {
     "http": bodies(BOT_DOCUMENTS),
@@ -470,6 +487,13 @@ WEBHOOK_BODIES = {
             (2, st.sampled_from([d for d in _fixtures("zendesk") if "event" in d])),
             (2, documents(TriggerBody, event=TRIGGERS)),
             (1, documents(TicketEvent, type=TICKET_EVENTS)),
+        )
+    ),
+    "salesforce": bodies(
+        weighted(
+            (2, st.sampled_from([d for d in _fixtures("salesforce") if "event" in d])),
+            (2, documents(CaseEvent, event=CASE_EVENTS, case_id=CASE_IDS)),
+            (1, documents(CaseEvent)),
         )
     ),
 }
@@ -538,6 +562,7 @@ FUZZED_HEADERS = (
     "x-zendesk-webhook-signature",
     "x-zendesk-webhook-signature-timestamp",
     "x-zendesk-webhook-invocation-id",
+    "x-bridge-token",
     "x-request-id",
 )
 JSON_MEDIA = st.sampled_from(
@@ -633,6 +658,9 @@ def platform_webhook(platform: str, body: bytes, now: float) -> st.SearchStrateg
         return intercom_webhook(body)
     if platform == "zendesk":
         return zendesk_webhook(body, now)
+    if platform == "salesforce":
+        # The Named Credential's static header: not a signature, so the body plays no part.
+        return tampered({"x-bridge-token": SALESFORCE_TOKEN})
     return standard_webhook(WEBHOOK_SECRET, body, now)
 
 
@@ -883,7 +911,7 @@ async def test_bot_webhooks_never_fail(h: Harness, product_id: str, data: st.Dat
 
 
 @fuzzes(WEBHOOK)
-@pytest.mark.parametrize("product_id", [INTERCOM, ZENDESK])
+@pytest.mark.parametrize("product_id", [INTERCOM, ZENDESK, SALESFORCE])
 @pytest.mark.timeout(60)  # a failure's report (the app logs its traceback) takes seconds
 @bounded(1000)  # their parsers read far more of the body than a bot event's
 @given(data=st.data())

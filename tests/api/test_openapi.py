@@ -46,6 +46,7 @@ SECURITY: dict[tuple[str, str], list[str]] = {
     ("post", "/chatbot-webhook/{product_id}"): [
         "intercomSignature",
         "zendeskSignature",
+        "salesforceToken",
         "standardWebhooks",
     ],
     ("post", "/posthog/{product_id}"): ["standardWebhooks", "posthogHeader"],
@@ -248,7 +249,13 @@ def test_session_bodies_are_their_models(document: dict[str, Any]) -> None:
 def test_a_webhook_body_is_one_platforms(document: dict[str, Any]) -> None:
     schema = body_schema(document, "post", "/chatbot-webhook/{product_id}")
     names = [ref.rsplit("/", 1)[-1] for ref in refs(schema)]
-    assert names == ["IntercomNotification", "ZendeskTicketEvent", "ZendeskTrigger", "BotEvent"]
+    assert names == [
+        "IntercomNotification",
+        "ZendeskTicketEvent",
+        "ZendeskTrigger",
+        "CaseEvent",
+        "BotEvent",
+    ]
     for name in names:
         assert document["components"]["schemas"][name]["description"], name
 
@@ -284,10 +291,16 @@ def test_what_the_pipeline_sends_matches_the_ingest_body(document: dict[str, Any
 
 def test_the_platforms_fixtures_match_the_webhook_body(document: dict[str, Any]) -> None:
     check = validator(document, body_schema(document, "post", "/chatbot-webhook/{product_id}"))
-    fixtures = sorted((FIXTURES / "intercom").glob("*.json")) + sorted(
-        (FIXTURES / "zendesk").glob("*.json")
-    )
-    webhooks = [f for f in fixtures if not f.stem.endswith(("_response", "show_user", "ticket"))]
+    fixtures = [
+        path
+        for platform in ("intercom", "zendesk", "salesforce")
+        for path in sorted((FIXTURES / platform).glob("*.json"))
+    ]
+    webhooks = [
+        f
+        for f in fixtures
+        if f.stem.startswith(("conversation_", "event_", "trigger_", "ping", "webhook_"))
+    ]
     assert len(webhooks) >= 8
     for fixture in webhooks:
         check.validate(json.loads(fixture.read_text()))
@@ -417,6 +430,7 @@ def test_the_security_schemes(document: dict[str, Any]) -> None:
         "standardWebhooks": "webhook-signature",
         "intercomSignature": "X-Hub-Signature",
         "zendeskSignature": "X-Zendesk-Webhook-Signature",
+        "salesforceToken": "X-Bridge-Token",
         "posthogHeader": "X-PostHog-Secret",
     }
     for name, header in headers.items():
