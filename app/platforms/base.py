@@ -219,17 +219,28 @@ class Platform(ABC):
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """Send one outbound request, translating every failure into a DeliveryError."""
+        response = await self.exchange(request)
+        self.raise_for(response)
+        return response
+
+    async def exchange(self, request: httpx.Request) -> httpx.Response:
+        """One call within the call timeout: a network failure or timeout is retryable, any
+        answer is returned (a 429 also pauses the optional calls, see ``rate_limited``)."""
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
                 response = await self.client.send(request)
         except (httpx.RequestError, TimeoutError) as exc:
             raise RetryableDeliveryError(f"{type(exc).__name__} calling {self.name}") from exc
-        hint_s = self.wait_hint_s(response)
         if response.status_code == 429:
+            hint_s = self.wait_hint_s(response)
             pause_s = RATE_LIMIT_PAUSE_S if hint_s is None else hint_s
             self.rate_limited_until = max(self.rate_limited_until, self.clock.now() + pause_s)
-        raise_for_delivery(response, hint_s=hint_s)
         return response
+
+    def raise_for(self, response: httpx.Response) -> None:
+        """Map a non-2xx answer to the delivery errors (``raise_for_delivery``); an adapter
+        whose platform explains its errors in the body reads them here."""
+        raise_for_delivery(response, hint_s=self.wait_hint_s(response))
 
     def wait_hint_s(self, response: httpx.Response) -> float | None:
         """How long the platform asks us to wait before calling again (``Retry-After``)."""

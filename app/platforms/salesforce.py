@@ -47,8 +47,6 @@ from app.clock import Clock
 from app.domain import LinkEvent, Note, WebhookEvent
 from app.models import is_session_id
 from app.platforms.base import (
-    CALL_TIMEOUT_S,
-    RATE_LIMIT_PAUSE_S,
     ConversationNotFound,
     DeliveryError,
     InvalidWebhook,
@@ -452,24 +450,9 @@ class SalesforcePlatform(Platform):
         if failure is not None:
             raise failure
 
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        """Base ``send`` for the REST API, reading Salesforce's error codes (``raise_for_api``)."""
-        response = await self._exchange(request)
+    def raise_for(self, response: httpx.Response) -> None:
+        """Salesforce's error codes decide, not the status alone (``raise_for_api``)."""
         raise_for_api(response, hint_s=self.wait_hint_s(response))
-        return response
-
-    async def _exchange(self, request: httpx.Request) -> httpx.Response:
-        """One call with base's timeout; a network failure is retryable, any answer returned."""
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                response = await self.client.send(request)
-        except (httpx.RequestError, TimeoutError) as exc:
-            raise RetryableDeliveryError(f"{type(exc).__name__} calling {self.name}") from exc
-        if response.status_code == 429:
-            hint_s = self.wait_hint_s(response)
-            pause_s = RATE_LIMIT_PAUSE_S if hint_s is None else hint_s
-            self.rate_limited_until = max(self.rate_limited_until, self.clock.now() + pause_s)
-        return response
 
     async def _call(
         self, method: str, path: str, payload: Mapping[str, Any] | None = None
@@ -533,7 +516,7 @@ class SalesforcePlatform(Platform):
         request = self.client.build_request(
             "POST", self.config.token_endpoint, data=form, headers={"accept": "application/json"}
         )
-        response = await self._exchange(request)
+        response = await self.exchange(request)
         if response.status_code >= 300:
             raise token_refusal(response, hint_s=self.wait_hint_s(response))
         return access_token_from(
