@@ -1,10 +1,10 @@
 """Which due sessions a worker may start now: per-product capacity and circuit breakers.
 
 Bookkeeping only: no I/O but a log line when a circuit opens or closes. The worker asks
-``plan`` what to do with the due members it read: start them, leave them due (their product is
-at its ``max_notes_in_flight`` in this process), or hold them back until a time (their
-product's circuit is open). The shared note budget (``max_notes_per_minute``) is the store's;
-the worker applies it to what ``plan`` starts.
+``plan`` what to do with the due members it read: start them, leave them due without a write
+(their product is at its ``max_notes_in_flight`` in this process, or the worker is full), or
+hold them back until a time (their product's circuit is open). The shared note budget
+(``max_notes_per_minute``) is the store's; the worker applies it to what ``plan`` starts.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ log = structlog.get_logger(__name__)
 
 # Consecutive retryable failures after which a product's deliveries pause.
 FAILURES_TO_OPEN = 5
-# A product at its in-flight cap keeps this many of its due sessions (per cap) at the head of
-# the due queues; the rest are held back this long, so they never hide other products' work.
-CAPPED_HOLD_S = 1.0
 UNCONFIGURED_ROOM = 1 << 20
 
 CircuitState = Literal["closed", "open", "half_open"]
@@ -88,7 +85,6 @@ class Admission:
         """Sort due members, earliest first, into started, left waiting and held back."""
         plan = Plan()
         room: dict[str, int] = {}
-        waiting: Counter[str] = Counter()
         for shard, member in due:
             product_id = keys.split_due_member(member.decode())[0]
             if product_id not in room:
@@ -104,12 +100,8 @@ class Admission:
             if circuit.state(now) == "open" and circuit.open_until is not None:
                 plan.hold.append((shard, member, circuit.open_until))
                 continue
-            product = self._products[product_id]
-            waiting[product_id] += 1
-            if waiting[product_id] <= product.max_notes_in_flight:
-                plan.waiting.setdefault(product_id, set()).add(shard)
-            else:
-                plan.hold.append((shard, member, now + CAPPED_HOLD_S))
+            # At its cap: it stays due, untouched (no write), for the product's next free slot.
+            plan.waiting.setdefault(product_id, set()).add(shard)
         return plan
 
     def started(self, product_id: str) -> None:
