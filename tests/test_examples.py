@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from app import plugins
 from app.cli import main
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "config" / "examples").glob("*.toml"))
@@ -24,7 +25,7 @@ def test_there_is_an_example_for_every_platform() -> None:
     platforms = {
         m for p in EXAMPLES for m in re.findall(r'^platform = "(\w+)"', p.read_text(), re.M)
     }
-    assert platforms == {"intercom", "zendesk", "http", "console"}
+    assert platforms == set(plugins.platform_names())
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
