@@ -13,7 +13,7 @@ import email.utils
 import hashlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import httpx
@@ -216,6 +216,49 @@ class Platform(ABC):
     def count_lookup(self, result: LookupResult) -> None:
         """Count one lookup made while reading a webhook (``bridge_platform_lookups_total``)."""
         metrics.PLATFORM_LOOKUPS.labels(self.product.id, self.name, result).inc()
+
+    async def lookup(
+        self,
+        cache: ExpiringCache[_K, _V],
+        key: _K,
+        read: Callable[[], Awaitable[_V]],
+        *,
+        found: Callable[[_V], bool],
+        wait_while_rate_limited: bool = False,
+    ) -> _V:
+        """A platform read made while handling a webhook, through ``cache`` (a result found or
+        not is kept) and counted by outcome. With ``wait_while_rate_limited`` no read is made
+        while the platform's last 429 applies (a RetryableDeliveryError with the wait). A
+        failed read raises its DeliveryError and is not cached."""
+        cached = cache.get(key, now=self.clock.now())
+        if cached is not None:
+            self.count_lookup("cached")
+            return cached
+        if wait_while_rate_limited and self.rate_limited():
+            self.count_lookup("rate_limited")
+            wait_s = self.rate_limited_until - self.clock.now()
+            raise RetryableDeliveryError(f"{self.name} asked us to wait", retry_after_s=wait_s)
+        try:
+            value = await read()
+        except DeliveryError:
+            self.count_lookup("failed")
+            raise
+        self.count_lookup("found" if found(value) else "not_found")
+        cache.put(key, value, now=self.clock.now())
+        return value
+
+    async def read_resource(
+        self, request: httpx.Request, *, timeout_s: float, what: str
+    ) -> httpx.Response | None:
+        """``send`` a lookup's GET within ``timeout_s``; None when the resource is gone (404).
+        A timeout is retryable (``what`` names the read in its message)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.send(request)
+        except TimeoutError as exc:
+            raise RetryableDeliveryError(f"the {what} timed out") from exc
+        except ConversationNotFound:
+            return None
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """Send one outbound request, translating every failure into a DeliveryError."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,13 +17,10 @@ from app.models import is_session_id
 from app.notes import to_html
 from app.platforms.base import (
     MAX_WAIT_HINT_S,
-    ConversationNotFound,
-    DeliveryError,
     ExpiringCache,
     InvalidWebhook,
     PermanentDeliveryError,
     Platform,
-    RetryableDeliveryError,
     WebhookRejected,
     body_digest_id,
     body_id,
@@ -320,36 +316,26 @@ class IntercomPlatform(Platform):
         """The session in the contact's ``latestPosthogReplayURL``, read with Get Contact and
         cached for 10 minutes (found or not). Raises a RetryableDeliveryError while Intercom
         asks us to wait, and a DeliveryError when the read fails."""
-        if event.contact_id is None:
+        contact_id = event.contact_id
+        if contact_id is None:
             return None
-        cached = self.contacts.get(event.contact_id, now=self.clock.now())
-        if cached is not None:
-            self.count_lookup("cached")
-            return cached.session_id
-        if self.rate_limited():
-            self.count_lookup("rate_limited")
-            wait_s = self.rate_limited_until - self.clock.now()
-            raise RetryableDeliveryError("Intercom asked us to wait", retry_after_s=wait_s)
-        try:
-            found = await self._read_contact(event.contact_id)
-        except DeliveryError:
-            self.count_lookup("failed")
-            raise
-        self.count_lookup("found" if found.session_id else "not_found")
-        self.contacts.put(event.contact_id, found, now=self.clock.now())
-        return found.session_id
+        contact = await self.lookup(
+            self.contacts,
+            contact_id,
+            lambda: self._read_contact(contact_id),
+            found=lambda c: c.session_id is not None,
+            wait_while_rate_limited=True,
+        )
+        return contact.session_id
 
     async def _read_contact(self, contact_id: str) -> ContactSession:
         url = f"{self._base_url}/contacts/{_path_segment(contact_id, what='contact')}"
         request = self.client.build_request("GET", url, headers=self._headers)
-        try:
-            async with asyncio.timeout(CONTACT_LOOKUP_TIMEOUT_S):
-                response = await self.send(request)
-        except TimeoutError as exc:
-            raise RetryableDeliveryError("the Intercom contact read timed out") from exc
-        except ConversationNotFound:
-            return ContactSession(None)  # a deleted contact has no session to offer
-        return contact_session(response)
+        response = await self.read_resource(
+            request, timeout_s=CONTACT_LOOKUP_TIMEOUT_S, what="Intercom contact read"
+        )
+        # A deleted contact has no session to offer.
+        return ContactSession(None) if response is None else contact_session(response)
 
     async def _post(self, path: str, payload: Mapping[str, Any]) -> httpx.Response:
         request = self.client.build_request(

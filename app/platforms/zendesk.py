@@ -32,7 +32,6 @@ absent, and so does a ``session_id`` outside ``[A-Za-z0-9._:-]{1,128}``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -55,12 +54,9 @@ from app.clock import Clock
 from app.domain import LinkEvent, Note, WebhookEvent
 from app.models import ConversationId, is_session_id
 from app.platforms.base import (
-    ConversationNotFound,
-    DeliveryError,
     ExpiringCache,
     InvalidWebhook,
     Platform,
-    RetryableDeliveryError,
     WebhookRejected,
     body_id,
     load_json_object,
@@ -411,29 +407,19 @@ class ZendeskPlatform(Platform):
     async def _requester(self, user_id: str | None) -> Requester:
         if user_id is None:
             return Requester(None, None)
-        cached = self.requesters.get(user_id, now=self.clock.now())
-        if cached is not None:
-            self.count_lookup("cached")
-            return cached
-        try:
-            requester = await self._fetch_requester(user_id)
-        except DeliveryError:
-            self.count_lookup("failed")
-            raise
-        self.count_lookup("found" if requester.external_id or requester.email else "not_found")
-        self.requesters.put(user_id, requester, now=self.clock.now())
-        return requester
+        return await self.lookup(
+            self.requesters,
+            user_id,
+            lambda: self._fetch_requester(user_id),
+            found=lambda r: bool(r.external_id or r.email),
+        )
 
     async def _fetch_requester(self, user_id: str) -> Requester:
         """Show User; a failure raises a DeliveryError, which the route answers with a 503."""
         url = f"{self.base_url}/api/v2/users/{quote(user_id, safe='')}.json"
         request = self.client.build_request("GET", url, headers=self._headers)
-        try:
-            async with asyncio.timeout(self.lookup_timeout_s):
-                response = await self.send(request)
-        except TimeoutError as exc:
-            raise RetryableDeliveryError("the Zendesk user lookup timed out") from exc
-        except ConversationNotFound:
-            # A deleted user never comes back: there is nobody to link by.
-            return Requester(None, None)
-        return requester_from(response)
+        response = await self.read_resource(
+            request, timeout_s=self.lookup_timeout_s, what="Zendesk user lookup"
+        )
+        # A deleted user never comes back: there is nobody to link by.
+        return Requester(None, None) if response is None else requester_from(response)
