@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
 
 from app import metrics, openapi
 from app.api.deps import json_body, lookup_product, services_of
@@ -161,5 +162,10 @@ async def ingest_actions(request: Request) -> Response:
         duplicates=sum(o.duplicates for o in outcomes),
         linked=all(o.linked for o in outcomes),
     )
-    # Serialised once, here: a returned Response skips FastAPI's re-validation (hot path).
+    return accepted_answer(answer)
+
+
+def accepted_answer(answer: BaseModel) -> Response:
+    """A plain route's ``202`` answer, serialised once here: a returned Response skips
+    FastAPI's re-validation (the hot paths)."""
     return Response(answer.model_dump_json(), status_code=202, media_type="application/json")

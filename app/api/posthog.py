@@ -25,7 +25,7 @@ from pydantic_core import from_json
 from app import metrics, openapi
 from app.api.deps import json_body, lookup_product, services_of
 from app.api.errors import ApiError
-from app.api.ingest import count_intake, count_stored
+from app.api.ingest import accepted_answer, count_intake, count_stored
 from app.auth import Credential
 from app.models import (
     MAX_DESCRIPTION_CHARS,
@@ -365,7 +365,7 @@ async def receive_posthog(request: Request) -> Response:
     intake = Intake(received_at=now)
     kept, ignored = _kept_events(product, posthog, items, is_array, intake)
     if not kept:
-        return _answer(PosthogResponse(accepted=0, duplicates=0, ignored=ignored))
+        return accepted_answer(PosthogResponse(accepted=0, duplicates=0, ignored=ignored))
     if len(kept) == 1:
         structlog.contextvars.bind_contextvars(session_id=kept[0].payload.sid)
     outcomes = await services.store.ingest(
@@ -379,8 +379,6 @@ async def receive_posthog(request: Request) -> Response:
     # Before the worker hears of the work: a flush this request makes due finds the URL.
     await _save_project_url(services.store, product, posthog, items, now)
     await services.work_scheduled((o.due_at, o.shard) for o in outcomes)
-    return _answer(PosthogResponse(accepted=accepted, duplicates=duplicates, ignored=ignored))
-
-
-def _answer(answer: PosthogResponse) -> Response:
-    return Response(answer.model_dump_json(), status_code=202, media_type="application/json")
+    return accepted_answer(
+        PosthogResponse(accepted=accepted, duplicates=duplicates, ignored=ignored)
+    )
