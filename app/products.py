@@ -376,10 +376,7 @@ def _product_problems(
         f"{_key(product_id, loc)}: refers to environment variable {name}, which is not set"
         for loc, name in interpolation.missing.items()
     ]
-    section_problems = _section_problems(product_id, values)
-    if section_problems:
-        # Reported key by key; the rest of the product is still checked without it.
-        values = {k: v for k, v in values.items() if k != values.get("platform")}
+    values, section_problems = _validate_platform_section(product_id, values)
     try:
         product = ProductConfig.model_validate({**values, "id": product_id})
     except ValidationError as exc:
@@ -395,21 +392,25 @@ def _product_problems(
     return (None if problems else product), problems
 
 
-def _section_problems(product_id: str, values: Mapping[str, Any]) -> list[str]:
-    """The platform section's problems, key by key (with the products file's names)."""
+def _validate_platform_section(
+    product_id: str, values: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """Validate the platform section with its adapter's model, reporting its problems key by
+    key (with the products file's names). Valid, it is passed on as the model (validated
+    once); invalid, it is left out, so the rest of the product is still checked without it."""
     platform = values.get("platform")
     section = values.get(platform) if isinstance(platform, str) else None
     if not isinstance(platform, str) or not isinstance(section, dict):
-        return []
+        return values, []
     try:
         model = plugins.platform_class(platform).config_model
     except plugins.PluginError:
-        return []  # ProductConfig reports the unknown platform
+        return values, []  # ProductConfig reports the unknown platform
     try:
-        model.model_validate(section)
+        return {**values, platform: model.model_validate(section)}, []
     except ValidationError as exc:
-        return [_problem(product_id, {**e, "loc": (platform, *e["loc"])}) for e in exc.errors()]
-    return []
+        problems = [_problem(product_id, {**e, "loc": (platform, *e["loc"])}) for e in exc.errors()]
+        return {k: v for k, v in values.items() if k != platform}, problems
 
 
 def parse_products(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, ProductConfig]:
